@@ -1,0 +1,1 @@
+"""Policies and RL algorithms that optimise language models on text_env environments."""

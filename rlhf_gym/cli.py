@@ -1,0 +1,35 @@
+"""``rlhf-gym``: one command, a subcommand per RLHF step.
+
+Each subcommand lives next to the code it runs, as a ``cli(argv) -> int`` function that
+maps its flags onto that module's config dataclass; this file only dispatches.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    # name: (module:function, one-line help)
+    "demo": ("rlhf_gym.demo:cli", "run a short episode loop on RLHFText-v0 and print texts and rewards"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch ``rlhf-gym <command> [flags]``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        width = max(map(len, COMMANDS))
+        lines = [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+        print("usage: rlhf-gym <command> [--help]\n\ncommands:\n" + "\n".join(lines))
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"rlhf-gym: unknown command {name!r}; choose from {', '.join(COMMANDS)}.", file=sys.stderr)
+        return 2
+    module, func = COMMANDS[name][0].split(":")
+    return int(getattr(importlib.import_module(module), func)(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

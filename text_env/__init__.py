@@ -1,0 +1,20 @@
+"""Gymnasium environments for RLHF; importing this package registers them.
+
+>>> import gymnasium as gym
+>>> env = gym.make("RLHFText-v0")  # doctest: +SKIP
+"""
+
+import gymnasium as gym
+
+from text_env.env import TextGenerationEnv
+from text_env.task import Task
+from text_env.vector_env import TextGenerationVectorEnv
+
+__all__ = ["Task", "TextGenerationEnv", "TextGenerationVectorEnv"]
+
+if "RLHFText-v0" not in gym.registry:
+    gym.register(
+        id="RLHFText-v0",
+        entry_point="text_env.factory:make_env",
+        vector_entry_point="text_env.factory:make_vector_env",
+    )

@@ -1,0 +1,222 @@
+"""A Task: everything that makes a text-generation environment one problem and not another.
+
+One environment class serves every task; a user brings prompts, a tokenizer and a
+reward model and never subclasses the env.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from reward_models import RewardModel, checked_scores
+
+PromptSource = Sequence[str] | Callable[[np.random.Generator], str]
+"""A list of prompts drawn uniformly, or a function drawing one prompt from the env's RNG."""
+
+ActionMaskRule = Callable[[str, Sequence[int]], np.ndarray]
+"""``rule(prompt, response_ids) -> bool array (vocab_size,)``: which tokens may come next."""
+
+END_EOS = "eos"
+END_STOP_STRING = "stop_string"
+END_MAX_TOKENS = "max_new_tokens"
+
+
+@dataclass
+class Task:
+    """A prompt source, a tokenizer, a reward model, a stop rule and an optional action mask."""
+
+    prompts: PromptSource
+    """Prompts to start episodes from: a non-empty sequence (drawn uniformly) or ``f(rng) -> str``."""
+    tokenizer: Any
+    """A Hugging Face tokenizer (``PreTrainedTokenizerBase``); its length is the action space size."""
+    reward_model: RewardModel
+    """Scores finished responses, called once per batch of finished episodes."""
+    max_new_tokens: int = 32
+    """Length cap of a response; reaching it ends the episode (``terminated``)."""
+    max_prompt_tokens: int = 64
+    """Prompt part of the observation window; the window is ``max_prompt_tokens + max_new_tokens``."""
+    stop_on_eos: bool = True
+    """End the episode when the agent emits the tokenizer's EOS token."""
+    stop_strings: tuple[str, ...] = ()
+    """End the episode when the response text contains one of these; the text is cut before it."""
+    long_prompt: Literal["truncate", "error"] = "truncate"
+    """A prompt longer than ``max_prompt_tokens``: keep its last tokens with a warning, or raise."""
+    missing_eos_penalty: float = 0.0
+    """Subtracted from the final reward when the response hit the length cap without ending."""
+    action_mask: ActionMaskRule | None = None
+    """Optional rule restricting the next token (e.g. legal chess moves)."""
+    gold_scorer: RewardModel | None = None
+    """Optional true objective, reported as ``info["gold_score"]`` but never used as reward."""
+    name: str = "text"
+    """Shown in errors and reports."""
+    _prompt_cache: dict[str, list[int]] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not callable(self.prompts):
+            self.prompts = list(self.prompts)
+            if not self.prompts:
+                raise ValueError(f"Task {self.name!r}: the prompt source is empty; give at least one prompt.")
+            bad = [i for i, p in enumerate(self.prompts) if not isinstance(p, str)]
+            if bad:
+                raise TypeError(f"Task {self.name!r}: prompts[{bad[0]}] is {type(self.prompts[bad[0]]).__name__}, not str.")
+        if self.max_new_tokens < 1 or self.max_prompt_tokens < 1:
+            raise ValueError(
+                f"Task {self.name!r}: max_new_tokens={self.max_new_tokens} and "
+                f"max_prompt_tokens={self.max_prompt_tokens} must both be >= 1."
+            )
+        if self.long_prompt not in ("truncate", "error"):
+            raise ValueError(f"Task {self.name!r}: long_prompt={self.long_prompt!r}; use 'truncate' or 'error'.")
+        if self.stop_on_eos and self.tokenizer.eos_token_id is None:
+            raise ValueError(
+                f"Task {self.name!r}: stop_on_eos=True but the tokenizer has no eos_token; "
+                "set tokenizer.eos_token or pass stop_on_eos=False."
+            )
+        if not isinstance(self.reward_model, RewardModel):
+            raise TypeError(
+                f"Task {self.name!r}: reward_model {self.reward_model!r} has no score(prompts, responses) "
+                "method; wrap a function with reward_models.FunctionRewardModel."
+            )
+        self.stop_strings = tuple(self.stop_strings)
+
+    # ---- sizes and special tokens -------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        """Number of actions: every token of the tokenizer, special tokens included."""
+        return len(self.tokenizer)
+
+    @property
+    def window(self) -> int:
+        """Observation length: prompt part plus the longest response."""
+        return self.max_prompt_tokens + self.max_new_tokens
+
+    @property
+    def pad_token_id(self) -> int:
+        """Filler id for empty observation slots; the attention mask marks them, so any id works."""
+        for tid in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id):
+            if tid is not None:
+                return int(tid)
+        return 0
+
+    # ---- prompts --------------------------------------------------------------------
+    def sample_prompt(self, rng: np.random.Generator) -> str:
+        """Draw one prompt with the env's RNG, so a seed fixes the prompt sequence."""
+        if callable(self.prompts):
+            prompt = self.prompts(rng)
+            if not isinstance(prompt, str):
+                raise TypeError(f"Task {self.name!r}: the prompt function returned {type(prompt).__name__}, not str.")
+            return prompt
+        return self.prompts[int(rng.integers(len(self.prompts)))]
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """Token ids of ``prompt``, fitted to ``max_prompt_tokens`` as ``long_prompt`` says."""
+        if not isinstance(prompt, str):
+            raise TypeError(f"Task {self.name!r}: a prompt must be str, got {type(prompt).__name__}.")
+        ids = self._prompt_cache.get(prompt)
+        if ids is None:
+            ids = list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+            if not ids:
+                raise ValueError(
+                    f"Task {self.name!r}: prompt {prompt!r} is empty after tokenisation and the tokenizer "
+                    "adds no BOS token, so a model has nothing to condition on; give a non-empty prompt."
+                )
+            if len(self._prompt_cache) < 100_000:
+                self._prompt_cache[prompt] = ids
+        if len(ids) > self.max_prompt_tokens:
+            if self.long_prompt == "error":
+                raise ValueError(
+                    f"Task {self.name!r}: prompt of {len(ids)} tokens exceeds max_prompt_tokens="
+                    f"{self.max_prompt_tokens}; raise max_prompt_tokens or pass long_prompt='truncate'."
+                )
+            warnings.warn(
+                f"Task {self.name!r}: prompt of {len(ids)} tokens left-truncated to "
+                f"max_prompt_tokens={self.max_prompt_tokens}: {prompt[:40]!r}...",
+                stacklevel=3,
+            )
+            ids = ids[-self.max_prompt_tokens :]
+        return ids
+
+    # ---- stop rule ------------------------------------------------------------------
+    def end_reason(self, response_ids: Sequence[int]) -> str | None:
+        """Why the response just ended (``"eos"``, ``"stop_string"``, ``"max_new_tokens"``), or None."""
+        if self.stop_on_eos and response_ids and response_ids[-1] == self.tokenizer.eos_token_id:
+            return END_EOS
+        if self.stop_strings:
+            text = self.tokenizer.decode(response_ids, skip_special_tokens=True)
+            if any(s in text for s in self.stop_strings):
+                return END_STOP_STRING
+        if len(response_ids) >= self.max_new_tokens:
+            return END_MAX_TOKENS
+        return None
+
+    def response_text(self, response_ids: Sequence[int]) -> str:
+        """The response as text: special tokens dropped, cut before the first stop string."""
+        text = self.tokenizer.decode(
+            response_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
+        for s in self.stop_strings:
+            cut = text.find(s)
+            if cut >= 0:
+                text = text[:cut]
+        return text
+
+    # ---- scoring --------------------------------------------------------------------
+    def finish(
+        self, prompts: Sequence[str], responses: Sequence[Sequence[int]], reasons: Sequence[str]
+    ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """Score a batch of finished episodes in one reward-model call.
+
+        Returns the final-step rewards and one ``info`` dict per episode.
+        """
+        texts = [self.response_text(r) for r in responses]
+        scores = checked_scores(self.reward_model, prompts, texts)
+        gold = checked_scores(self.gold_scorer, prompts, texts) if self.gold_scorer else None
+        rewards = scores.copy()
+        infos = []
+        for i, reason in enumerate(reasons):
+            if reason == END_MAX_TOKENS:
+                rewards[i] -= self.missing_eos_penalty
+            info = {
+                "prompt": prompts[i],
+                "response": texts[i],
+                "score": float(scores[i]),
+                "end_reason": reason,
+                "response_length": len(responses[i]),
+            }
+            if gold is not None:
+                info["gold_score"] = float(gold[i])
+            infos.append(info)
+        return rewards, infos
+
+    def mask(self, prompt: str, response_ids: Sequence[int]) -> np.ndarray:
+        """The action mask for the next token as int8 (Gymnasium's ``Discrete.sample(mask)`` dtype)."""
+        assert self.action_mask is not None
+        m = np.asarray(self.action_mask(prompt, response_ids))
+        if m.shape != (self.vocab_size,):
+            raise ValueError(
+                f"Task {self.name!r}: the action-mask rule returned shape {m.shape}; it must be "
+                f"({self.vocab_size},), one entry per token."
+            )
+        if not m.any():
+            raise ValueError(
+                f"Task {self.name!r}: the action-mask rule allows no token after {response_ids!r} "
+                f"for prompt {prompt!r}; it must leave at least one (e.g. EOS)."
+            )
+        return m.astype(np.int8)
+
+    def check_action(self, action: Any) -> int:
+        """The action as an int token id, or a clear error when it is not one."""
+        try:
+            a = int(action)
+        except (TypeError, ValueError):
+            raise TypeError(f"action {action!r} is not an integer token id") from None
+        if a != action or not 0 <= a < self.vocab_size:
+            raise ValueError(
+                f"action {action!r} is outside the vocabulary: valid token ids are "
+                f"0..{self.vocab_size - 1} (Discrete({self.vocab_size}))."
+            )
+        return a

@@ -1,0 +1,209 @@
+"""TextGenerationVectorEnv: a native batch of text episodes, scored in one reward-model call.
+
+It behaves exactly like ``SyncVectorEnv`` over :class:`TextGenerationEnv` copies (the
+tests check this step by step) but keeps the batch in two ``(num_envs, W)`` arrays and
+scores every episode that ends on a step together, which is what fast rollouts need.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from gymnasium.utils import seeding
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from text_env.env import TextGenerationEnv
+from text_env.task import Task
+
+
+class TextGenerationVectorEnv(VectorEnv):
+    """``num_envs`` text episodes stepped together.
+
+    Autoreset modes (Gymnasium's ``AutoresetMode``):
+      * ``NEXT_STEP`` (default): the step after an episode ends resets that sub-env
+        and ignores its action, as in ``SyncVectorEnv``.
+      * ``SAME_STEP``: a finished sub-env resets at once; ``info["final_obs"]`` and
+        ``info["final_info"]`` hold the finished episode.
+      * ``DISABLED``: synchronous batches. A finished sub-env stays frozen (its actions
+        are ignored, reward 0, ``terminated`` stays True, no info) until ``reset()``,
+        or ``reset(options={"reset_mask": mask})`` for some sub-envs. This lets an
+        agent step the whole batch until every response has ended.
+
+    Sub-env ``i`` is seeded with ``seed + i`` like ``SyncVectorEnv``, so the same seed
+    gives the same prompts as a list of single envs.
+    """
+
+    metadata = {
+        "render_modes": ["ansi"],
+        "autoreset_mode": AutoresetMode.NEXT_STEP,
+    }
+
+    def __init__(
+        self,
+        task: Task,
+        num_envs: int,
+        autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
+        render_mode: str | None = None,
+    ) -> None:
+        if num_envs < 1:
+            raise ValueError(f"num_envs={num_envs} must be >= 1.")
+        if render_mode not in (None, "ansi"):
+            raise ValueError(f"render_mode={render_mode!r} is not supported; use None or 'ansi'.")
+        self.task = task
+        self.num_envs = num_envs
+        self.render_mode = render_mode
+        self.autoreset_mode = AutoresetMode(autoreset_mode)
+        self.metadata = {**self.metadata, "autoreset_mode": self.autoreset_mode}
+
+        single = TextGenerationEnv(task)  # only for its spaces
+        self.single_observation_space = single.observation_space
+        self.single_action_space = single.action_space
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+
+        window = task.window
+        self.input_ids = np.full((num_envs, window), task.pad_token_id, dtype=np.int64)
+        self.attention_mask = np.zeros((num_envs, window), dtype=np.int64)
+        self.prompts: list[str | None] = [None] * num_envs
+        self.response_ids: list[list[int]] = [[] for _ in range(num_envs)]
+        self.done = np.ones(num_envs, dtype=bool)  # episode over: frozen or due for autoreset
+        self._rngs: list[np.random.Generator | None] = [None] * num_envs
+        self._masks: np.ndarray | None = None
+
+    # ---- Gymnasium API --------------------------------------------------------------
+    def reset(
+        self,
+        *,
+        seed: int | list[int | None] | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Reset all sub-envs, or those in ``options["reset_mask"]``."""
+        seeds = self._seed_list(seed)
+        options = dict(options or {})
+        reset_mask = options.pop("reset_mask", None)
+        if reset_mask is None:
+            reset_mask = np.ones(self.num_envs, dtype=bool)
+        elif not (isinstance(reset_mask, np.ndarray) and reset_mask.dtype == np.bool_
+                  and reset_mask.shape == (self.num_envs,) and reset_mask.any()):
+            raise ValueError(
+                f"options['reset_mask'] must be a bool numpy array of shape ({self.num_envs},) "
+                f"with at least one True, got {reset_mask!r}."
+            )
+        infos: dict[str, Any] = {}
+        for i in np.flatnonzero(reset_mask):
+            if seeds[i] is not None or self._rngs[i] is None:
+                self._rngs[i], _ = seeding.np_random(seeds[i])
+            infos = self._add_info(infos, self._reset_one(i, options), i)
+        return self._obs(), infos
+
+    def step(
+        self, actions: Any
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Append one token to every running response; score those that end, in one call."""
+        actions = np.asarray(actions)
+        if actions.shape != (self.num_envs,):
+            raise ValueError(f"actions has shape {actions.shape}; expected ({self.num_envs},), one token per sub-env.")
+        rewards = np.zeros(self.num_envs, dtype=np.float64)
+        terminated = np.zeros(self.num_envs, dtype=bool)
+        truncated = np.zeros(self.num_envs, dtype=bool)
+        infos: dict[str, Any] = {}
+
+        stepping = ~self.done
+        if self.autoreset_mode == AutoresetMode.NEXT_STEP:
+            for i in np.flatnonzero(self.done):
+                infos = self._add_info(infos, self._reset_one(i, {}), i)
+        elif self.autoreset_mode == AutoresetMode.DISABLED:
+            terminated[self.done] = True
+
+        idx = np.flatnonzero(stepping)
+        tokens = [self.task.check_action(a) for a in actions[idx]]
+        if self._masks is not None:
+            for i, t in zip(idx, tokens, strict=True):
+                if not self._masks[i, t]:
+                    raise ValueError(f"action {t} of sub-env {i} is masked out at this step.")
+        # Shift the right-aligned window one slot left and write the new token last.
+        self.input_ids[idx, :-1] = self.input_ids[idx, 1:]
+        self.attention_mask[idx, :-1] = self.attention_mask[idx, 1:]
+        self.input_ids[idx, -1] = tokens
+        self.attention_mask[idx, -1] = 1
+
+        ended, reasons, step_infos = [], [], {}
+        for i, t in zip(idx, tokens, strict=True):
+            self.response_ids[i].append(t)
+            reason = self.task.end_reason(self.response_ids[i])
+            if reason is not None:
+                ended.append(i)
+                reasons.append(reason)
+            step_infos[i] = {}
+        if ended:
+            final_rewards, final_infos = self.task.finish(
+                [self.prompts[i] for i in ended], [self.response_ids[i] for i in ended], reasons
+            )
+            rewards[ended] = final_rewards
+            terminated[ended] = True
+            self.done[ended] = True
+            if self._masks is not None:
+                self._masks[ended] = 1  # nothing is masked once an episode is over
+            step_infos.update(zip(ended, final_infos, strict=True))
+
+        for i in idx:
+            info = step_infos[i]
+            if self.task.action_mask is not None and not self.done[i]:
+                info["action_mask"] = self._masks[i] = self.task.mask(self.prompts[i], self.response_ids[i])
+            if self.autoreset_mode == AutoresetMode.SAME_STEP and self.done[i]:
+                infos = self._add_info(
+                    infos, {"final_obs": self._obs_row(i), "final_info": info}, i
+                )
+                info = self._reset_one(i, {})
+            infos = self._add_info(infos, info, i)
+        return self._obs(), rewards, terminated, truncated, infos
+
+    def render(self) -> tuple[str, ...] | None:
+        """Each sub-env's prompt and response so far (``render_mode="ansi"``)."""
+        if self.render_mode != "ansi":
+            return None
+        return tuple(
+            f"{p}{self.task.response_text(r)}" for p, r in zip(self.prompts, self.response_ids, strict=True)
+        )
+
+    def action_masks(self) -> np.ndarray:
+        """Allowed next tokens, bool ``(num_envs, vocab_size)``; all True without a mask rule."""
+        if self._masks is None:
+            return np.ones((self.num_envs, self.task.vocab_size), dtype=bool)
+        return self._masks.astype(bool)
+
+    # ---- helpers --------------------------------------------------------------------
+    def _seed_list(self, seed: int | list[int | None] | None) -> list[int | None]:
+        if seed is None:
+            return [None] * self.num_envs
+        if isinstance(seed, int):
+            return [seed + i for i in range(self.num_envs)]
+        if len(seed) != self.num_envs:
+            raise ValueError(f"seed is a list of {len(seed)}; it must have num_envs={self.num_envs} entries.")
+        return list(seed)
+
+    def _reset_one(self, i: int, options: dict[str, Any]) -> dict[str, Any]:
+        prompt = options["prompt"] if "prompt" in options else self.task.sample_prompt(self._rngs[i])
+        ids = self.task.encode_prompt(prompt)
+        self.prompts[i] = prompt
+        self.response_ids[i] = []
+        self.done[i] = False
+        self.input_ids[i] = self.task.pad_token_id
+        self.attention_mask[i] = 0
+        self.input_ids[i, -len(ids) :] = ids
+        self.attention_mask[i, -len(ids) :] = 1
+        info: dict[str, Any] = {"prompt": prompt}
+        if self.task.action_mask is not None:
+            if self._masks is None:
+                self._masks = np.ones((self.num_envs, self.task.vocab_size), dtype=np.int8)
+            info["action_mask"] = self._masks[i] = self.task.mask(prompt, [])
+        return info
+
+    def _obs_row(self, i: int) -> dict[str, np.ndarray]:
+        return {"input_ids": self.input_ids[i].copy(), "attention_mask": self.attention_mask[i].copy()}
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        return {"input_ids": self.input_ids.copy(), "attention_mask": self.attention_mask.copy()}
+
