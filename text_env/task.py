@@ -55,15 +55,16 @@ class Task:
     name: str = "text"
     """Shown in errors and reports."""
     _prompt_cache: dict[str, list[int]] = field(default_factory=dict, init=False, repr=False)
+    _stop_tail: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not callable(self.prompts):
             self.prompts = list(self.prompts)
             if not self.prompts:
                 raise ValueError(f"Task {self.name!r}: the prompt source is empty; give at least one prompt.")
-            bad = [i for i, p in enumerate(self.prompts) if not isinstance(p, str)]
+            bad = [(i, type(p).__name__) for i, p in enumerate(self.prompts) if not isinstance(p, str)]
             if bad:
-                raise TypeError(f"Task {self.name!r}: prompts[{bad[0]}] is {type(self.prompts[bad[0]]).__name__}, not str.")
+                raise TypeError(f"Task {self.name!r}: prompts[{bad[0][0]}] is {bad[0][1]}, not str.")
         if self.max_new_tokens < 1 or self.max_prompt_tokens < 1:
             raise ValueError(
                 f"Task {self.name!r}: max_new_tokens={self.max_new_tokens} and "
@@ -82,6 +83,7 @@ class Task:
                 "method; wrap a function with reward_models.FunctionRewardModel."
             )
         self.stop_strings = tuple(self.stop_strings)
+        self._stop_tail = 4 * max(map(len, self.stop_strings), default=0) + 4
 
     # ---- sizes and special tokens -------------------------------------------------
     @property
@@ -146,7 +148,11 @@ class Task:
         if self.stop_on_eos and response_ids and response_ids[-1] == self.tokenizer.eos_token_id:
             return END_EOS
         if self.stop_strings:
-            text = self.tokenizer.decode(response_ids, skip_special_tokens=True)
+            # A stop string that just appeared ends in the newest token, so decoding a
+            # tail long enough to hold it (4 byte-level tokens per character at worst)
+            # keeps this check O(1) per step instead of O(length).
+            tail = response_ids[-self._stop_tail :]
+            text = self.tokenizer.decode(tail, skip_special_tokens=True)
             if any(s in text for s in self.stop_strings):
                 return END_STOP_STRING
         if len(response_ids) >= self.max_new_tokens:

@@ -1,0 +1,48 @@
+# Set-up is two commands: `make demo` and `make test`. Each builds .venv when missing.
+# torch goes in first and pinned to the CPU wheel; the package then only asks for a range,
+# so GPU users keep their own CUDA build.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+TORCH  ?= torch==2.13.0
+APT_PACKAGES := chromium chromium-driver fortunes
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test test-all lint bench defaults system-deps clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[test]"
+	@touch $(STAMP)
+
+# Debian packages the tests and the asset build use; installed only when missing.
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if ! command -v apt-get >/dev/null; then \
+	    echo "Missing system packages:$$missing. Install them with your package manager (Debian/Ubuntu: apt-get install$$missing)."; exit 1; fi; \
+	  sudo=""; [ "$$(id -u)" = 0 ] || sudo="sudo"; \
+	  echo "Installing Debian packages:$$missing"; \
+	  $$sudo apt-get update -q && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q $$missing; \
+	fi
+
+demo: $(STAMP)
+	$(VENV)/bin/rlhf-gym demo
+
+test: $(STAMP) system-deps
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q
+
+test-all: $(STAMP) system-deps
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q -m ""
+
+bench: $(STAMP)
+	$(PY) bench/env_overhead.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
