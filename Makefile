@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
-APT_PACKAGES := chromium chromium-driver fortunes
+APT_PACKAGES := chromium chromium-driver fortunes stockfish gnuchess-book pgn-extract
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
