@@ -19,7 +19,7 @@ def letter(env: TextGenerationEnv, ch: str) -> int:
 
 
 def test_gymnasium_check_env(task):
-    check_env(TextGenerationEnv(task), skip_render_check=False)
+    check_env(gym.make("RLHFText-v0", task=task, render_mode="ansi").unwrapped, skip_render_check=False)
 
 
 def test_sb3_check_env(task):
