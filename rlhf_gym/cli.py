@@ -12,6 +12,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module:function, one-line help)
     "demo": ("rlhf_gym.demo:cli", "run a short episode loop on RLHFText-v0 and print texts and rewards"),
+    "label": ("reward_models.labeling.cli:cli", "label responses in the browser; export; agreement"),
 }
 
 

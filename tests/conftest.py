@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tiny test models run faster on one thread than fighting over a shared CPU.
+torch.set_num_threads(1)
 
 from reward_models import FunctionRewardModel  # noqa: E402
 from text_env import Task  # noqa: E402

@@ -1,0 +1,76 @@
+"""Command-line flags from a config dataclass: one flag per field, its docstring as the help.
+
+Each ``rlhf-gym`` subcommand maps its flags onto a config dataclass; deriving the flags
+keeps every default and description in one place, the dataclass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import textwrap
+import types
+import typing
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The attribute docstrings of a dataclass (the string literal under each field)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for node, nxt in zip(body, body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, ...] = ()) -> None:
+    """Add ``--field-name`` for every init field of dataclass ``cls`` of type str, int, float, bool or a Literal."""
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    for f in dataclasses.fields(cls):
+        if not f.init or f.name in exclude:
+            continue
+        kind, choices = _scalar_type(hints[f.name], cls, f.name)
+        has_default = f.default is not dataclasses.MISSING
+        flag = "--" + f.name.replace("_", "-")
+        help_ = docs.get(f.name, "").replace("%", "%%")  # argparse formats help with %
+        if has_default:
+            help_ += f" (default: {f.default})"
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_)
+        else:
+            parser.add_argument(
+                flag, type=kind, choices=choices, required=not has_default,
+                default=f.default if has_default else None, help=help_,
+            )
+
+
+def config_from_args(cls: type[T], args: argparse.Namespace, **extra: Any) -> T:
+    """Build ``cls`` from the parsed flags added by :func:`add_config_args`, plus ``extra`` fields."""
+    names = {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    values = {k: v for k, v in vars(args).items() if k in names}
+    return cls(**values, **extra)
+
+
+def _scalar_type(hint: Any, cls: type, name: str) -> tuple[type, list[Any] | None]:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
+        hint = args[0]
+    if typing.get_origin(hint) is typing.Literal:
+        choices = list(typing.get_args(hint))
+        return type(choices[0]), choices
+    if hint in (str, int, float, bool):
+        return hint, None
+    raise TypeError(f"{cls.__name__}.{name}: type {hint} has no command-line form; exclude the field.")

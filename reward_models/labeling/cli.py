@@ -1,0 +1,141 @@
+"""Command line for the labeling page: ``serve``, ``export``, ``agreement``.
+
+Examples::
+
+    python -m reward_models.labeling serve --items collection.jsonl --db labels.sqlite --mode rank
+    python -m reward_models.labeling export --db labels.sqlite --out preferences.jsonl
+    python -m reward_models.labeling agreement --db labels.sqlite
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from reward_models.io import DataError
+from reward_models.labeling.agreement import AgreementReport
+from reward_models.labeling.server import LabelingServer
+from reward_models.labeling.store import MODES, LabelStore
+
+TOKEN_ENV = "RLHF_GYM_LABEL_TOKEN"
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """Run one labeling subcommand; return the exit code (0 ok, 1 bad input, 2 bad usage)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m reward_models.labeling",
+        description="Label model responses in the browser; export preferences for reward-model training.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve the labeling page for a database")
+    serve.add_argument(
+        "--items",
+        type=Path,
+        help="collection JSONL, one {'prompt', 'responses': [K >= 2 texts], 'id'?} per line (e.g. from "
+        "`rlhf-gym collect`), imported before serving; importing the same file again adds nothing",
+    )
+    serve.add_argument("--db", type=Path, required=True, help="SQLite file holding items and labels")
+    serve.add_argument(
+        "--mode",
+        choices=MODES,
+        help="rank: order all K responses; best: pick the best one (default: the database's mode, else rank)",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    serve.add_argument("--port", type=int, default=8000, help="port; 0 picks a free one (default 8000)")
+    serve.add_argument(
+        "--token", default=os.environ.get(TOKEN_ENV), help=f"access token required on API calls (default: ${TOKEN_ENV})"
+    )
+
+    export = sub.add_parser("export", help="write the labels as preference JSONL")
+    export.add_argument("--db", type=Path, required=True)
+    export.add_argument("--out", type=Path, required=True, help="JSONL to write (atomically)")
+
+    agreement = sub.add_parser("agreement", help="print inter-labeler agreement")
+    agreement.add_argument("--db", type=Path, required=True)
+    agreement.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        with LabelStore(args.db, create=False) as store:
+            if args.command == "export":
+                n, mode = store.export_jsonl(args.out), store.mode()
+                print(f"wrote {n} preference rows to {args.out} ({f'{mode} mode' if mode else 'no labels yet'})")
+            elif args.json:
+                print(json.dumps(store.agreement().to_dict(), indent=2))
+            else:
+                print(format_agreement(store.agreement()))
+        return 0
+    except (DataError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def _serve(args: argparse.Namespace) -> int:
+    with LabelStore(args.db) as store:
+        if args.items is not None:
+            result = store.import_items(args.items)
+            print(f"{args.items}: {result.added} new items, {result.already_present} already in {args.db}")
+            if result.too_few:
+                print(
+                    f"skipped {len(result.too_few)} rows with fewer than 2 distinct responses: "
+                    + ", ".join(result.too_few[:5])
+                    + (", ..." if len(result.too_few) > 5 else "")
+                )
+        mode = args.mode or store.mode() or "rank"
+        try:
+            server = LabelingServer(store, mode, args.host, args.port, args.token)
+        except OSError as e:
+            print(
+                f"error: cannot listen on {args.host}:{args.port} ({e.strerror}); pass "
+                "--port 0 for a free port or another --host.",
+                file=sys.stderr,
+            )
+            return 1
+        if not server.loopback:
+            print(
+                f"warning: --host {args.host} is reachable from other machines; anyone who can "
+                "connect can read the prompts and submit labels" + ("" if args.token else "; set --token"),
+                file=sys.stderr,
+            )
+
+        def stop(signum: int, frame: object) -> None:
+            # shutdown() waits for serve_forever() to return, so it must run in another thread.
+            threading.Thread(target=server.shutdown, daemon=True).start()
+
+        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        print(
+            f"Labeling {store.count_items()} items in {mode} mode. Open {server.page_url()} "
+            f"(add ?labeler=NAME per person); Ctrl-C stops.",
+            flush=True,
+        )
+        try:
+            server.serve_forever()
+        finally:
+            server.server_close()  # waits for requests in flight
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    print(f"stopped; every submitted label is in {args.db}", flush=True)
+    return 0
+
+
+def format_agreement(report: AgreementReport) -> str:
+    """A plain-text table of :class:`AgreementReport`."""
+    if not report.pairs:
+        return "no item has labels from two or more labelers yet."
+    rows = [(" ~ ".join(p.labelers), p) for p in report.pairs]
+    rows.append(("overall", report.overall))
+    width = max(len(name) for name, _ in rows)
+    lines = [f"{'labelers':<{width}}  items  pairs  agreed   rate  identical"]
+    for name, p in rows:
+        rate = "-" if p.rate is None else f"{p.rate:.3f}"
+        lines.append(f"{name:<{width}}  {p.items:>5}  {p.compared:>5}  {p.agreed:>6}  {rate:>5}  {p.identical:>9}")
+    lines.append("rate = agreed / pairs of responses both ordered; random full rankings agree on 0.5.")
+    return "\n".join(lines)
