@@ -15,6 +15,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "label": ("reward_models.labeling.cli:cli", "label responses in the browser; export; agreement"),
     "simulate-labels": ("reward_models.simulated:cli", "rank sampled responses with a simulated labeler"),
     "train-rm": ("reward_models.train:cli", "train a Bradley-Terry reward model on preference JSONL"),
+    "ppo": ("agents.ppo_kl:cli", "RLHF step 3: PPO with a per-token KL penalty against the SFT reference"),
+    "rloo": ("agents.rloo:cli", "REINFORCE with a leave-one-out baseline and a KL penalty"),
+    "best-of-n": ("agents.best_of_n:cli", "measure best-of-n sampling from the reference (no training)"),
 }
 
 

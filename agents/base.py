@@ -1,0 +1,404 @@
+"""What every agent shares: the SB3 surface (learn / predict / save / load) and its plumbing.
+
+An agent subclass supplies one ``_iteration()`` (generate a batch, maybe update, return
+metrics); this module owns the env, the policy and its frozen reference, the learn loop
+with its progress bar, TensorBoard/CSV logging, linear learning-rate annealing,
+atomic checkpoints every N iterations, resuming a killed run, and the stop on NaN.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import os
+import time
+import types
+import typing
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from agents.lm import load_causal_lm, resolve_device
+from agents.logger import RunLogger
+from agents.rollout import make_rollout_env, sample_next_token
+from reward_models.io import save_dir_atomic
+
+PolicyArg = str | os.PathLike[str] | torch.nn.Module | None
+"""A causal LM, a Hugging Face folder, or None for the embedded default policy."""
+
+
+@dataclass
+class AgentConfig:
+    """Settings every agent has."""
+
+    batch_size: int = 64
+    """Episodes per iteration, generated together (the vector env's ``num_envs``)."""
+    temperature: float = 1.0
+    """Sampling temperature; every log-prob is computed at it too (PPO_NOTES #5)."""
+    seed: int = 0
+    """Seeds sampling, shuffling, the value-head init and the env's prompt draws."""
+    log_dir: str = "runs/agent"
+    """TensorBoard events, ``progress.csv`` and ``checkpoint/`` go here."""
+    checkpoint_every: int = 10
+    """Save a resumable checkpoint every this many iterations (and at the end); 0 never."""
+    device: str = "auto"
+    """Torch device for the models: ``"auto"`` is CUDA when present, else CPU."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.temperature <= 0 or self.checkpoint_every < 0:
+            raise ValueError(
+                f"batch_size={self.batch_size} must be >= 1, temperature={self.temperature} > 0 and "
+                f"checkpoint_every={self.checkpoint_every} >= 0."
+            )
+
+
+@dataclass
+class TrainConfig(AgentConfig):
+    """Settings every agent that updates its policy by gradient has."""
+
+    num_minibatches: int = 4
+    """Minibatches per batch; each gives one optimiser step (or one gradient-accumulation part)."""
+    learning_rate: float = 1e-4
+    """Adam step size at the start. 1e-4 suits the embedded 4x256 policy (clip fraction ~0.1 falling
+    to 0.01); OAI used 1.41e-5 for GPT-2 124M: lower it for larger models."""
+    adam_eps: float = 1e-5
+    """Adam epsilon: 1e-5 as TF's default in lm-human-preferences, not PyTorch's 1e-8 (PPO_NOTES #14)."""
+    anneal_lr: bool = True
+    """Anneal the learning rate linearly to 0 over ``total_timesteps`` (OAI, CleanRL)."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this (CleanRL: 0.5; TRL: 1.0)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_minibatches < 1 or self.batch_size % self.num_minibatches:
+            raise ValueError(
+                f"num_minibatches={self.num_minibatches} must be >= 1 and divide batch_size={self.batch_size}."
+            )
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Hide transformers' loading/saving progress bars inside the block (they clutter the training bar)."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _load_model(model: PolicyArg, device: torch.device) -> Any:
+    if model is None:
+        from text_env.defaults import default_policy_path
+
+        model = default_policy_path()
+    if isinstance(model, torch.nn.Module):
+        return model.to(device).eval()
+    with quiet_transformers():
+        return load_causal_lm(model, device=device)
+
+
+class Agent:
+    """Base of every agent: subclasses set ``config_class`` and implement ``_iteration``.
+
+    Timesteps are env steps, i.e. generated tokens summed over the batch, as in SB3
+    where each sub-env step counts; ``learn`` stops after the first iteration that
+    reaches ``total_timesteps``.
+    """
+
+    config_class: ClassVar[type[AgentConfig]] = AgentConfig
+    needs_policy: ClassVar[bool] = True
+    """False for agents without a language model (``RandomAgent``)."""
+    needs_reference: ClassVar[bool] = True
+    """False for agents that never move away from their policy (nothing to anchor a KL to)."""
+
+    def __init__(
+        self, env: Any, policy: PolicyArg = None, config: AgentConfig | None = None, reference: PolicyArg = None
+    ) -> None:
+        self._setup(env, policy, config, reference, checkpoint=None)
+
+    def _setup(
+        self, env: Any, policy: PolicyArg, config: AgentConfig | None, reference: PolicyArg, checkpoint: Path | None
+    ) -> None:
+        self.config = config if config is not None else self.config_class()
+        if not isinstance(self.config, self.config_class):
+            raise TypeError(f"config must be a {self.config_class.__name__}, got {type(self.config).__name__}.")
+        self.env = make_rollout_env(env, self.config.batch_size)
+        self.task = self.env.unwrapped.task
+        self.device = resolve_device(self.config.device) if self.needs_policy else torch.device("cpu")
+        torch.manual_seed(self.config.seed)  # value-head init and anything else drawn at build time
+        self.generator = torch.Generator(self.device).manual_seed(self.config.seed)
+        self.num_timesteps = 0
+        self.iteration = 0
+        self._start_timesteps = self._target_timesteps = 0
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.policy: Any = None
+        self.reference: Any = None
+        if self.needs_policy:
+            self.policy = _load_model(policy, self.device)
+            vocab = self.policy.get_output_embeddings().out_features
+            if vocab < self.task.vocab_size:
+                raise ValueError(
+                    f"policy has {vocab} output tokens but the env's tokenizer has {self.task.vocab_size}; "
+                    "use the policy's own tokenizer in the Task (default_task(model=PATH))."
+                )
+        if self.needs_reference:
+            # The reference is a frozen copy of the initial policy: no grad, eval (PPO_NOTES #1).
+            self.reference = copy.deepcopy(self.policy) if reference is None else _load_model(reference, self.device)
+            self.reference.requires_grad_(False).eval()
+        self._build(checkpoint)
+
+    # ---- hooks for subclasses --------------------------------------------------------
+    def _build(self, checkpoint: Path | None) -> None:
+        """Create value heads, optimiser etc., fresh or from a checkpoint folder's extra files."""
+
+    def _iteration(self) -> tuple[dict[str, float], int]:
+        """One batch: generate (and update). Returns metrics and the number of env steps taken."""
+        raise NotImplementedError
+
+    def _extra_state(self) -> dict[str, Any]:
+        """JSON-able state beyond counters and config (e.g. the KL coefficient)."""
+        return {}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`_extra_state` returned."""
+
+    def _save_extra(self, folder: Path) -> None:
+        """Write extra model files (a value head) into a checkpoint folder."""
+
+    # ---- SB3 surface -----------------------------------------------------------------
+    def learn(
+        self,
+        total_timesteps: int,
+        *,
+        resume: bool = False,
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = True,
+    ) -> Agent:
+        """Run iterations until ``total_timesteps`` generated tokens.
+
+        ``resume=True`` continues a killed run from ``log_dir/checkpoint`` (counters,
+        models, optimiser, RNG), towards that run's total; without a checkpoint it starts fresh.
+        ``reset_num_timesteps=False`` counts ``total_timesteps`` on top of earlier calls.
+        """
+        if total_timesteps < 1:
+            raise ValueError(f"total_timesteps={total_timesteps} must be >= 1.")
+        checkpoint = self.checkpoint_dir
+        resumed = resume and (checkpoint / "state.json").exists()
+        if resumed:
+            # Continue in place: adopt the checkpoint's models, optimiser, counters and RNG.
+            self.__dict__.update(type(self).load(checkpoint, self.env).__dict__)
+        else:
+            if resume:
+                warnings.warn(f"resume=True but {checkpoint} has no checkpoint; starting fresh.", stacklevel=2)
+            if reset_num_timesteps:
+                self.num_timesteps = 0
+            self._start_timesteps = self.num_timesteps
+            self._target_timesteps = self.num_timesteps + total_timesteps
+        logger = RunLogger(self.config.log_dir, resume_step=self.iteration if self.iteration else None)
+        span = self._target_timesteps - self._start_timesteps
+        bar = tqdm(total=span, initial=self.num_timesteps - self._start_timesteps, unit="tok",
+                   desc=type(self).__name__, disable=not progress_bar)
+        try:
+            while self.num_timesteps < self._target_timesteps:
+                lr = self._anneal_lr()
+                start = time.perf_counter()
+                metrics, steps = self._iteration()
+                seconds = time.perf_counter() - start
+                self.iteration += 1
+                self.num_timesteps += steps
+                metrics.update(timesteps=self.num_timesteps, episodes_per_second=self.config.batch_size / seconds,
+                               tokens_per_second=steps / seconds)
+                if lr is not None:
+                    metrics["learning_rate"] = lr
+                logger.log(self.iteration, metrics)
+                bar.update(steps)
+                bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("score", "kl", "beta") if k in metrics})
+                every = self.config.checkpoint_every
+                if every and (self.iteration % every == 0 or self.num_timesteps >= self._target_timesteps):
+                    self.save(checkpoint)
+        finally:
+            bar.close()
+            logger.close()
+        return self
+
+    def predict(
+        self,
+        observation: dict[str, np.ndarray],
+        state: Any = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+        action_masks: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, Any]:
+        """The next token for one observation ``(W,)`` or a batch ``(N, W)``; ``state`` is unused."""
+        action = sample_next_token(
+            self.policy, observation, vocab_size=self.task.vocab_size, temperature=self.config.temperature,
+            deterministic=deterministic, action_masks=action_masks, generator=self.generator,
+        )
+        return action, state
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Where ``learn`` keeps its latest resumable checkpoint."""
+        return Path(self.config.log_dir) / "checkpoint"
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Save everything needed to continue (atomically: a crash leaves the previous save whole).
+
+        ``policy/`` and ``reference/`` are Hugging Face folders (safetensors, with the
+        env's tokenizer); ``trainer_state.pt`` holds optimiser and RNG tensors;
+        ``state.json`` the config, counters and algorithm state.
+        """
+        def write(folder: Path) -> None:
+            for name, model in (("policy", self.policy), ("reference", self.reference)):
+                if model is not None:
+                    model.save_pretrained(folder / name, safe_serialization=True)
+                    self.task.tokenizer.save_pretrained(folder / name)
+            tensors: dict[str, Any] = {"generator": self.generator.get_state(), "torch_rng": torch.get_rng_state()}
+            if self.optimizer is not None:
+                tensors["optimizer"] = self.optimizer.state_dict()
+            torch.save(tensors, folder / "trainer_state.pt")
+            self._save_extra(folder)
+            state = {
+                "algorithm": type(self).__name__,
+                "config": asdict(self.config),
+                "num_timesteps": self.num_timesteps,
+                "iteration": self.iteration,
+                "start_timesteps": self._start_timesteps,
+                "target_timesteps": self._target_timesteps,
+                **self._extra_state(),
+            }
+            (folder / "state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+
+        with quiet_transformers():  # no "Writing model shards" bar under the training bar
+            save_dir_atomic(path, write)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], env: Any) -> Agent:
+        """An agent restored from :meth:`save`, acting in ``env`` (which must have the same tokenizer)."""
+        path = Path(path)
+        state_file = path / "state.json"
+        if not state_file.is_file():
+            raise FileNotFoundError(f"{state_file} is missing: {path} is not a folder written by save().")
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+        if state["algorithm"] != cls.__name__:
+            raise ValueError(f"{path} holds a {state['algorithm']}, not a {cls.__name__}; load it with that class.")
+        agent = cls.__new__(cls)
+        policy, reference = (path / name if (path / name).is_dir() else None for name in ("policy", "reference"))
+        agent._setup(env, policy, cls.config_class(**state["config"]), reference, checkpoint=path)
+        tensors = torch.load(path / "trainer_state.pt", weights_only=True)
+        agent.generator.set_state(tensors["generator"])
+        torch.set_rng_state(tensors["torch_rng"])
+        if agent.optimizer is not None:
+            agent.optimizer.load_state_dict(tensors["optimizer"])
+        agent.num_timesteps, agent.iteration = state["num_timesteps"], state["iteration"]
+        agent._start_timesteps, agent._target_timesteps = state["start_timesteps"], state["target_timesteps"]
+        agent._load_extra_state(state)
+        return agent
+
+    # ---- helpers for subclasses ------------------------------------------------------
+    def _prompt_seed(self) -> int:
+        # Prompts of iteration i depend only on (seed, i), so a resumed run draws what the killed one would.
+        return self.config.seed + self.iteration * self.config.batch_size
+
+    def _anneal_lr(self) -> float | None:
+        if self.optimizer is None:
+            return None
+        config = self.config
+        assert isinstance(config, TrainConfig)
+        lr = config.learning_rate
+        if config.anneal_lr:  # linear to 0 over this learn() call's timesteps (OAI, CleanRL)
+            span = max(self._target_timesteps - self._start_timesteps, 1)
+            lr *= max(0.0, 1 - (self.num_timesteps - self._start_timesteps) / span)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def _make_optimizer(self, parameters: list[torch.nn.Parameter]) -> None:
+        config = self.config
+        assert isinstance(config, TrainConfig)
+        self._parameters = parameters
+        self.optimizer = torch.optim.Adam(parameters, lr=config.learning_rate, eps=config.adam_eps)
+
+    def _backward(self, loss: torch.Tensor, what: str) -> None:
+        """Accumulate gradients of ``loss``; a NaN/inf loss stops training before it touches a weight."""
+        self._check_finite(what, loss)
+        loss.backward()
+
+    def _optimizer_step(self) -> float:
+        """Clip the accumulated gradients, take one Adam step, clear them; returns the gradient norm."""
+        config = self.config
+        assert self.optimizer is not None and isinstance(config, TrainConfig)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self._parameters, config.max_grad_norm)
+        self._check_finite("gradient norm", grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(grad_norm)
+
+    def _check_finite(self, what: str, value: torch.Tensor) -> None:
+        if not torch.isfinite(value).all():
+            raise FloatingPointError(
+                f"iteration {self.iteration + 1}: {what} is {value.item() if value.numel() == 1 else value}; "
+                f"training stopped before applying it. The last good checkpoint is {self.checkpoint_dir} "
+                "(learn(..., resume=True) continues from it); lower learning_rate or check the reward model."
+            )
+
+
+# ---- command line ---------------------------------------------------------------------
+def _flag_type(hint: Any) -> dict[str, Any]:
+    """Keyword arguments of `add_argument` for one config field's type hint."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
+        inner = _flag_type(next(a for a in args if a is not type(None)))
+        convert = inner.get("type", str)
+        return {**inner, "type": lambda text: None if text.lower() == "none" else convert(text)}
+    if typing.get_origin(hint) is Literal:
+        return {"choices": list(args)}
+    if hint is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    return {"type": hint}
+
+
+def config_cli(agent_class: type[Agent], argv: Sequence[str] | None, description: str,
+               default_timesteps: int) -> int:
+    """Parse ``--flags`` onto ``agent_class.config_class``, learn, save; the body of ``python -m agents.X``."""
+    config_class = agent_class.config_class
+    hints = typing.get_type_hints(config_class)
+    parser = argparse.ArgumentParser(prog=f"python -m {agent_class.__module__}", description=description)
+    parser.add_argument("--env", default="RLHFText-v0", help="registered text env id (default: %(default)s)")
+    parser.add_argument("--total-timesteps", type=int, default=default_timesteps,
+                        help="generated tokens to train for (default: %(default)s)")
+    parser.add_argument("--resume", action="store_true", help="continue from LOG_DIR/checkpoint")
+    parser.add_argument("--save", default=None, help="save the agent here at the end (default: LOG_DIR/model)")
+    parser.add_argument("--num-threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice; 1 on a shared machine)")
+    if agent_class.needs_policy:
+        parser.add_argument("--policy", default=None, help="causal-LM folder (default: the embedded policy)")
+    for f in fields(config_class):
+        kind = _flag_type(hints[f.name])
+        parser.add_argument(f"--{f.name.replace('_', '-')}", default=f.default, **kind,
+                            help=f"(default: {f.default})")
+    args = parser.parse_args(argv)
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    config = config_class(**{f.name: getattr(args, f.name) for f in fields(config_class)})
+    policy = getattr(args, "policy", None)
+    agent = agent_class(args.env, policy=policy, config=config) if agent_class.needs_policy \
+        else agent_class(args.env, config=config)
+    agent.learn(args.total_timesteps, resume=args.resume)
+    save = args.save or str(Path(config.log_dir) / "model")
+    agent.save(save)
+    print(f"{agent_class.__name__}: {agent.num_timesteps} timesteps in {agent.iteration} iterations; "
+          f"saved to {save}; metrics in {config.log_dir}/progress.csv")
+    return 0

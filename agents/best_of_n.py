@@ -1,0 +1,118 @@
+"""Best-of-n: sample n responses from the reference policy, keep the one the reward model scores best.
+
+No training: the policy is the reference, and picking the best of n moves the output
+distribution by exactly KL(BoN || ref) = ln n - (n - 1) / n nats (PPO_NOTES #16), the
+yardstick RL's KL-vs-score curve is compared against (Gao et al. 2022).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium.vector import AutoresetMode
+
+from agents.base import Agent, AgentConfig, PolicyArg, config_cli
+from agents.rollout import RolloutBatch, rollout
+from text_env import TextGenerationVectorEnv
+
+
+@dataclass
+class BestOfNConfig(AgentConfig):
+    """Best-of-n settings; ``batch_size`` counts samples, so ``batch_size / n`` prompts per iteration."""
+
+    log_dir: str = "runs/best_of_n"
+    checkpoint_every: int = 0
+    n: int = 4
+    """Samples per prompt; the best by the env's reward is kept."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.n < 1 or self.batch_size % self.n:
+            raise ValueError(f"n={self.n} must be >= 1 and divide batch_size={self.batch_size}.")
+
+
+def best_of_n_kl(n: int) -> float:
+    """Analytic KL(best-of-n || reference) in nats: ln n - (n - 1) / n."""
+    return math.log(n) - (n - 1) / n
+
+
+class BestOfN(Agent):
+    """Samples n responses per prompt from the reference and keeps the reward model's best.
+
+    ``learn`` measures it (score of the kept responses, analytic KL). ``predict`` plays it
+    in an env: at an episode's first step (``state`` None or ``episode_start`` True) it
+    decodes the prompt from the observation, samples n responses in a private env of the
+    same task, and returns the best one token by token through ``state``.
+
+    Args: ``env``, ``policy`` as for :class:`agents.ReferenceAgent`; ``config``: :class:`BestOfNConfig`.
+    """
+
+    config_class = BestOfNConfig
+    config: BestOfNConfig
+    needs_reference = False
+
+    def __init__(self, env: Any, policy: PolicyArg = None, config: BestOfNConfig | None = None) -> None:
+        super().__init__(env, policy, config)
+
+    def _build(self, checkpoint: Any) -> None:
+        self._plan_env = TextGenerationVectorEnv(self.task, self.config.n, autoreset_mode=AutoresetMode.DISABLED)
+
+    def best(self, batch: RolloutBatch) -> np.ndarray:
+        """Row index of the highest env reward in each group of n consecutive rows."""
+        rewards = batch.rewards.reshape(-1, self.config.n)  # (prompts, n)
+        return rewards.argmax(1) + np.arange(len(rewards)) * self.config.n
+
+    def _iteration(self) -> tuple[dict[str, float], int]:
+        batch = rollout(self.policy, self.env, temperature=self.config.temperature, group_size=self.config.n,
+                        seed=self._prompt_seed(), generator=self.generator)
+        keep = self.best(batch)
+        metrics = {f"sample_{k}": v for k, v in batch.metrics().items()}  # all n samples: the reference
+        metrics["score"] = float(batch.scores[keep].mean())
+        metrics["reward"] = float(batch.rewards[keep].mean())
+        metrics["response_length"] = float(batch.lengths[torch.as_tensor(keep)].float().mean())
+        if batch.gold_scores is not None:
+            metrics["gold_score"] = float(batch.gold_scores[keep].mean())
+        metrics["kl"] = best_of_n_kl(self.config.n)
+        return metrics, int(batch.response_mask.sum())
+
+    def predict(
+        self,
+        observation: dict[str, np.ndarray],
+        state: Any = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = False,
+        action_masks: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, Any]:
+        """Next token of the planned best response per row; ``state`` carries the plans."""
+        ids, mask = np.asarray(observation["input_ids"]), np.asarray(observation["attention_mask"])
+        single = ids.ndim == 1
+        ids, mask = np.atleast_2d(ids), np.atleast_2d(mask)
+        plans: list[list[int]] = [list(p) for p in state] if state is not None else [[] for _ in ids]
+        actions = np.empty(len(ids), dtype=np.int64)
+        for i in range(len(ids)):
+            if state is None or (episode_start is not None and episode_start[i]) or not plans[i]:
+                prompt = self.task.tokenizer.decode(ids[i][mask[i] == 1], skip_special_tokens=True)
+                plans[i] = self._plan(prompt)
+            actions[i] = plans[i].pop(0)
+        return (actions[0] if single else actions), plans
+
+    def _plan(self, prompt: str) -> list[int]:
+        batch = rollout(self.policy, self._plan_env, temperature=self.config.temperature,
+                        group_size=self.config.n, prompts=[prompt], generator=self.generator)
+        row = int(self.best(batch)[0])
+        return batch.response_ids[row][batch.response_mask[row].bool()].tolist()
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    """``python -m agents.best_of_n [--flags]``: measure best-of-n on RLHFText-v0 (or ``--env``)."""
+    return config_cli(BestOfN, argv, description=__doc__.splitlines()[0], default_timesteps=20_000)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,255 @@
+"""PPO with a KL penalty against the SFT reference: RLHF step 3, read top to bottom.
+
+Each iteration: (1) generate a batch of responses through the env, (2) log-probs,
+values and reference log-probs, (3) per-token KL, (4) the reward-model score on the
+last token, (5) GAE, (6) whitening, (7) PPO epochs, (8) KL controller and logging.
+Sources: lm-human-preferences (Ziegler et al. 2019, "OAI"), "The N Implementation
+Details of RLHF with PPO" (Huang et al. 2023), TRL's old ppo_trainer, CleanRL ppo.py.
+
+Run ``python -m agents.ppo_kl`` for a default training on RLHFText-v0::
+
+    from agents import PPOKL, PPOKLConfig
+    agent = PPOKL("RLHFText-v0", config=PPOKLConfig(batch_size=32)).learn(50_000)
+    agent.save("ppo_kl_model")
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from agents.base import Agent, PolicyArg, TrainConfig, config_cli, quiet_transformers
+from agents.ppo_utils import (
+    AdaptiveKLController,
+    FixedKLController,
+    KLEstimator,
+    compute_gae,
+    explained_variance,
+    kl_estimate,
+    masked_mean,
+    masked_whiten,
+)
+from agents.rollout import ResponseOutput, RolloutBatch, response_logprobs, rollout, sequence_inputs
+
+
+@dataclass
+class PPOKLConfig(TrainConfig):
+    """PPO-KL settings; defaults follow OAI's sentiment run scaled down for CPU (PPO_NOTES)."""
+
+    log_dir: str = "runs/ppo_kl"
+    ppo_epochs: int = 4
+    """Passes over each batch, reshuffled every epoch (OAI: 4)."""
+    init_kl_coef: float = 0.15
+    """Starting beta, the weight of the per-token KL penalty (OAI: 0.15; TRL old: 0.2)."""
+    kl_target: float | None = 6.0
+    """Per-response KL (nats) the adaptive controller steers to; None keeps beta fixed at init_kl_coef."""
+    kl_horizon: int = 10_000
+    """Episodes over which the adaptive controller moves beta by at most 20% (OAI: 10000)."""
+    kl_estimator: KLEstimator = "k1"
+    """KL estimator in the per-token reward: "k1" = logp - logp_ref (OAI, TRL), "k2", or "k3" (>= 0)."""
+    cliprange: float = 0.2
+    """Policy ratio clip epsilon."""
+    cliprange_value: float = 0.2
+    """Value prediction clip around the old values."""
+    vf_coef: float = 0.1
+    """Weight of the value loss (OAI: 0.1)."""
+    gamma: float = 1.0
+    """Discount across response tokens; 1: the score counts fully at every token."""
+    lam: float = 0.95
+    """GAE lambda."""
+    whiten_rewards: bool = False
+    """Whiten per-token rewards (without shifting the mean) before GAE (OAI on; N+, TRL off)."""
+    missing_eos_penalty: float = 0.0
+    """Extra score penalty when a response hits the length cap, on top of the task's own."""
+    value_head: Literal["shared", "critic"] = "shared"
+    """"shared": zero-initialised linear head on the policy's last hidden state (OAI);
+    "critic": a separate model initialised from the reward model at ``critic_path`` (N+, InstructGPT)."""
+    critic_path: str | None = None
+    """Reward-model folder (AutoModelForSequenceClassification, one label) for ``value_head="critic"``."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.value_head not in ("shared", "critic"):
+            raise ValueError(f"value_head={self.value_head!r}; use 'shared' or 'critic'.")
+        if self.value_head == "critic" and self.critic_path is None:
+            raise ValueError("value_head='critic' needs critic_path=<reward-model folder> to initialise it from.")
+        if self.kl_estimator not in ("k1", "k2", "k3"):
+            raise ValueError(f"kl_estimator={self.kl_estimator!r}; use 'k1', 'k2' or 'k3'.")
+
+
+class PPOKL(Agent):
+    """PPO against a reward model with a per-token KL penalty to the frozen SFT reference.
+
+    Args:
+        env: a text env: ``"RLHFText-v0"``, a ``TextGenerationEnv``, a ``Task``, or a
+            ``TextGenerationVectorEnv`` with autoreset DISABLED and ``num_envs == batch_size``.
+        policy: a causal LM (trained in place), its folder, or None for the embedded default policy.
+        config: :class:`PPOKLConfig`.
+        reference: the KL anchor; default a frozen copy of the initial ``policy``.
+    """
+
+    config_class = PPOKLConfig
+    config: PPOKLConfig
+
+    def __init__(
+        self, env: Any, policy: PolicyArg = None, config: PPOKLConfig | None = None, reference: PolicyArg = None
+    ) -> None:
+        super().__init__(env, policy, config, reference)
+
+    def _build(self, checkpoint: Path | None) -> None:
+        cfg = self.config
+        if cfg.value_head == "shared":
+            # OAI: value head on the policy's backbone, zero-initialised so early values don't add noise.
+            hidden = self.policy.get_output_embeddings().in_features
+            self.value_model = torch.nn.Linear(hidden, 1).to(self.device)
+            torch.nn.init.zeros_(self.value_model.weight)
+            torch.nn.init.zeros_(self.value_model.bias)
+            if checkpoint is not None:
+                self.value_model.load_state_dict(load_file(checkpoint / "value_head.safetensors"))
+        else:
+            self.value_model = self._load_critic(checkpoint / "critic" if checkpoint else Path(cfg.critic_path))
+        if cfg.kl_target is None:
+            self.kl_ctl: FixedKLController | AdaptiveKLController = FixedKLController(cfg.init_kl_coef)
+        else:
+            self.kl_ctl = AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
+        self._make_optimizer([*self.policy.parameters(), *self.value_model.parameters()])
+
+    def _load_critic(self, path: Path) -> Any:
+        from transformers import AutoModelForSequenceClassification
+
+        # N+ / InstructGPT: a separate critic initialised from the reward model; eval() = dropout off.
+        with quiet_transformers():
+            critic = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1)
+        critic = critic.to(self.device).eval()
+        if not isinstance(getattr(critic, "score", None), torch.nn.Linear):
+            raise ValueError(
+                f"critic {path} has no linear `score` head (GPT-2/Llama-style sequence classifier); "
+                "use value_head='shared' or a reward model of such an architecture."
+            )
+        if critic.get_input_embeddings().num_embeddings < self.task.vocab_size:
+            raise ValueError(f"critic {path} knows fewer tokens than the env's tokenizer; it must share the policy's.")
+        return critic
+
+    # ---- the algorithm ---------------------------------------------------------------
+    def _forward(self, batch: RolloutBatch, index: torch.Tensor | None = None) -> tuple[ResponseOutput, torch.Tensor]:
+        """Policy log-probs/entropy and values V(s_t) for (a minibatch of) the batch's responses."""
+        cfg, shared = self.config, self.config.value_head == "shared"
+        out = response_logprobs(self.policy, batch, cfg.temperature, self.task.vocab_size,
+                                output_hidden=shared, index=index)
+        if shared:
+            hidden = out.hidden  # (b, T, H)
+        else:
+            n_resp = batch.response_ids.shape[1]
+            hidden = self.value_model.base_model(**sequence_inputs(batch, index)).last_hidden_state
+            hidden = hidden[:, -n_resp - 1 : -1]  # (b, T, H): the states before each response token
+        head = self.value_model if shared else self.value_model.score
+        values = head(hidden).squeeze(-1)  # (b, T)
+        mask = batch.response_mask if index is None else batch.response_mask[index]
+        return out, values * mask
+
+    def _iteration(self) -> tuple[dict[str, float], int]:
+        cfg, vocab = self.config, self.task.vocab_size
+
+        # 1. Generate: every episode of the batch together, KV-cached, through the env.
+        batch = rollout(self.policy, self.env, temperature=cfg.temperature, seed=self._prompt_seed(),
+                        generator=self.generator)
+        mask = batch.response_mask.float()  # (B, T)
+        n = mask.shape[0]
+
+        # 2. Log-probs and values of the policy, log-probs of the reference: one pass each.
+        # Old log-probs are recomputed (not taken from sampling) so they come from the very
+        # function the PPO epochs use: ratio = 1 exactly before the first update (N details #1).
+        with torch.no_grad():
+            old, old_values = self._forward(batch)  # (B, T)
+            ref = response_logprobs(self.reference, batch, cfg.temperature, vocab)
+
+        # 3. Per-token KL to the reference (PPO_NOTES #1, #4).
+        kl = kl_estimate(old.logprobs, ref.logprobs, cfg.kl_estimator) * mask  # (B, T)
+        beta = self.kl_ctl.value
+
+        # 4. Reward: -beta * KL on every token, the score on the last response token only.
+        capped = np.array([info["end_reason"] == "max_new_tokens" for info in batch.infos])
+        score = torch.as_tensor(batch.rewards - cfg.missing_eos_penalty * capped,
+                                dtype=torch.float32, device=self.device)  # (B,)
+        rewards = -beta * kl  # (B, T)
+        rewards[torch.arange(n, device=self.device), batch.lengths - 1] += score
+        if cfg.whiten_rewards:  # OAI: scale rewards, keep their sign (shift_mean=False)
+            rewards = masked_whiten(rewards, mask, shift_mean=False)
+
+        # 5. GAE (gamma 1, lambda 0.95; nothing bootstrapped past the last token).
+        advantages, returns = compute_gae(rewards, old_values, mask, cfg.gamma, cfg.lam)  # (B, T)
+
+        # 6. Whiten advantages, always (PPO_NOTES #9).
+        advantages = masked_whiten(advantages, mask)
+
+        # 7. PPO epochs: minibatches reshuffled every epoch (OAI).
+        stats: dict[str, list[float]] = defaultdict(list)
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(n, generator=self.generator, device=self.device)
+            for idx in order.chunk(cfg.num_minibatches):
+                new, values = self._forward(batch, idx)  # (b, T)
+                m, adv, ret, old_v = mask[idx], advantages[idx], returns[idx], old_values[idx]  # (b, T)
+                log_ratio = (new.logprobs - old.logprobs[idx]) * m  # (b, T)
+                ratio = log_ratio.exp()
+                pg_losses = -adv * ratio
+                pg_clipped = -adv * ratio.clamp(1 - cfg.cliprange, 1 + cfg.cliprange)
+                pg_loss = masked_mean(torch.max(pg_losses, pg_clipped), m)
+                # Value clipping around the old values (OAI, PPO_NOTES #11).
+                v_clipped = old_v + (values - old_v).clamp(-cfg.cliprange_value, cfg.cliprange_value)
+                vf_loss = 0.5 * masked_mean(torch.max((values - ret) ** 2, (v_clipped - ret) ** 2), m)
+                self._backward(pg_loss + cfg.vf_coef * vf_loss, "PPO loss")
+                stats["grad_norm"].append(self._optimizer_step())
+                with torch.no_grad():
+                    stats["policy_loss"].append(float(pg_loss))
+                    stats["value_loss"].append(float(vf_loss))
+                    stats["clipfrac"].append(float(masked_mean((pg_clipped > pg_losses).float(), m)))
+                    stats["value_clipfrac"].append(float(masked_mean(((values - v_clipped).abs() > 0).float(), m)))
+                    # k3 of the policy change: how far one update moved (CleanRL's approx_kl).
+                    stats["approx_kl"].append(float(masked_mean(ratio - 1 - log_ratio, m)))
+
+        # 8. KL controller on the per-response KL sum, batch-averaged (PPO_NOTES #1, #3); log.
+        kl_per_response = float(kl.sum(1).mean())
+        self.kl_ctl.update(kl_per_response, n)
+        metrics = batch.metrics()
+        metrics.update({key: float(np.mean(vals)) for key, vals in stats.items()})
+        metrics.update(
+            kl=kl_per_response,
+            kl_k1=float(kl_estimate(old.logprobs, ref.logprobs, "k1").mul(mask).sum(1).mean()),
+            kl_k3=float(kl_estimate(old.logprobs, ref.logprobs, "k3").mul(mask).sum(1).mean()),
+            beta=beta,
+            objective=float(score.mean()) - beta * kl_per_response,
+            entropy=float(masked_mean(old.entropy, mask)),
+            explained_variance=explained_variance(old_values, returns, mask),
+            value_mean=float(masked_mean(old_values, mask)),
+        )
+        return metrics, int(mask.sum())
+
+    # ---- checkpoint extras -----------------------------------------------------------
+    def _extra_state(self) -> dict[str, Any]:
+        return {"kl_controller": self.kl_ctl.state_dict()}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        self.kl_ctl.load_state_dict(state["kl_controller"])
+
+    def _save_extra(self, folder: Path) -> None:
+        if self.config.value_head == "shared":
+            save_file(self.value_model.state_dict(), folder / "value_head.safetensors")
+        else:
+            self.value_model.save_pretrained(folder / "critic", safe_serialization=True)
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    """``python -m agents.ppo_kl [--flags]``: train on RLHFText-v0 (or ``--env``) and save the agent."""
+    return config_cli(PPOKL, argv, description=__doc__.splitlines()[0], default_timesteps=200_000)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,43 @@
+"""Tiny tasks and models for the agent tests: a learnable toy reward, a 2-layer GPT-2 built in code."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from reward_models import FunctionRewardModel
+from text_env import Task
+from text_env.char_tokenizer import char_tokenizer
+
+
+def count_a(prompt: str, response: str) -> float:
+    """Toy reward: how many letters 'a' the response has."""
+    return float(response.count("a"))
+
+
+def slow_count_a(prompts: list[str], responses: list[str], delay: float) -> list[float]:
+    """``count_a`` for a batch that takes ``delay`` seconds: gives a subprocess time to be killed mid-run."""
+    time.sleep(delay)
+    return [count_a(p, r) for p, r in zip(prompts, responses, strict=True)]
+
+
+def count_task(max_new_tokens: int = 8, reward_delay: float = 0.0, **overrides) -> Task:
+    """Reward = number of 'a' in the response, over a 6-token vocabulary (pad bos eos unk a b)."""
+    reward = FunctionRewardModel(count_a)
+    if reward_delay:
+        reward = FunctionRewardModel(lambda p, r: slow_count_a(p, r, reward_delay), batched=True)
+    options = dict(prompts=["a", "b", "ab", "ba"], tokenizer=char_tokenizer("ab"),
+                   reward_model=reward, max_new_tokens=max_new_tokens, max_prompt_tokens=4)
+    options.update(overrides)
+    return Task(**options)
+
+
+def tiny_lm(task: Task, seed: int = 0, n_embd: int = 32, n_layer: int = 2) -> GPT2LMHeadModel:
+    """A randomly initialised GPT-2 sized for ``task``'s tokenizer, in eval mode."""
+    torch.manual_seed(seed)
+    tok = task.tokenizer
+    config = GPT2Config(vocab_size=task.vocab_size, n_positions=64, n_embd=n_embd, n_layer=n_layer, n_head=2,
+                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    return GPT2LMHeadModel(config).eval()
