@@ -41,6 +41,10 @@ test-all: $(STAMP) system-deps
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -m ""
 
+# Rebuild the embedded default assets from scratch (seeded; about 25 minutes on 2 cores).
+defaults: $(STAMP) system-deps
+	$(VENV)/bin/rlhf-gym build-defaults
+
 bench: $(STAMP)
 	$(PY) bench/env_overhead.py
 

@@ -12,6 +12,8 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module:function, one-line help)
     "demo": ("rlhf_gym.demo:cli", "run a short episode loop on RLHFText-v0 and print texts and rewards"),
+    "build-defaults": ("rlhf_gym.build_defaults:cli", "rebuild the embedded default tokenizer, policy and prompts"),
+    "sft": ("agents.sft:cli", "RLHF step 1: supervised fine-tuning on JSONL demonstrations (resumable)"),
     "label": ("reward_models.labeling.cli:cli", "label responses in the browser; export; agreement"),
     "simulate-labels": ("reward_models.simulated:cli", "rank sampled responses with a simulated labeler"),
     "train-rm": ("reward_models.train:cli", "train a Bradley-Terry reward model on preference JSONL"),

@@ -1,14 +1,117 @@
-"""The embedded default task behind ``gym.make("RLHFText-v0")`` with no arguments."""
+"""The embedded default task behind ``gym.make("RLHFText-v0")``, and where its assets live.
+
+The assets (``text_env/assets/default/``) are built from scratch, seeded, by
+``rlhf-gym build-defaults`` (``rlhf_gym.build_defaults``); ``MODEL_CARD.md`` there
+records the data, steps and metrics. Nothing here downloads anything.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
 from typing import Any
 
+from reward_models import FunctionRewardModel, RewardModel
+from reward_models.hf import load_tokenizer
+from text_env.prompts import load_prompts
 from text_env.task import Task
 
+ASSETS_DIR = Path(__file__).resolve().parent / "assets" / "default"
+"""Folder of the embedded default assets."""
 
-def default_task(**options: Any) -> Task:
-    """The default task; its assets are built by ``rlhf-gym build-defaults``."""
-    raise FileNotFoundError(
-        "RLHFText-v0 has no embedded default assets in this install; pass task=Task(...) to gym.make."
+
+def _asset(name: str) -> Path:
+    path = ASSETS_DIR / name
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} is missing: this install has no embedded default assets. Rebuild them with "
+            "`rlhf-gym build-defaults` (about 20 minutes on 2 CPU cores), or pass your own "
+            "model=PATH and prompts=PATH (or task=Task(...)) to gym.make."
+        )
+    return path
+
+
+def default_policy_path() -> Path:
+    """The default policy's Hugging Face folder: load it with ``agents.lm.load_policy(path)``."""
+    return _asset("policy")
+
+
+def default_tokenizer_path() -> Path:
+    """The default tokenizer's Hugging Face folder (byte-level BPE, adds BOS to every text)."""
+    return _asset("tokenizer")
+
+
+def default_prompts_path() -> Path:
+    """Training prompts of the default task: the opening words of held-out fortunes (JSONL)."""
+    return _asset("prompts.jsonl")
+
+
+def default_eval_prompts_path() -> Path:
+    """A second held-out prompt set, for evaluation only (JSONL)."""
+    return _asset("eval_prompts.jsonl")
+
+
+@cache
+def _vader() -> Any:
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    return SentimentIntensityAnalyzer()
+
+
+def vader_sentiment(prompt: str, response: str) -> float:
+    """VADER compound sentiment of the response alone, in [-1, 1]; the prompt is ignored."""
+    return float(_vader().polarity_scores(response)["compound"])
+
+
+def interim_reward_model() -> RewardModel:
+    """INTERIM reward of the default task: VADER positivity of the response.
+
+    A stand-in until the trained Bradley-Terry reward model ships with the default
+    assets; it is the simulated labeler's own notion of "good", so it is a gold score,
+    not a learned one.
+    """
+    return FunctionRewardModel(vader_sentiment, name="vader_sentiment (interim default reward)")
+
+
+def default_task(
+    *,
+    model: str | os.PathLike[str] | None = None,
+    prompts: str | os.PathLike[str] | Sequence[str] | None = None,
+    reward_model: RewardModel | None = None,
+    max_new_tokens: int = 32,
+    max_prompt_tokens: int = 32,
+    missing_eos_penalty: float = 0.0,
+    stop_strings: Sequence[str] = (),
+) -> Task:
+    """The default text task, optionally with your own model's tokenizer, prompts or reward.
+
+    Args:
+        model: a Hugging Face model folder (or hub name when online) whose tokenizer
+            replaces the default one, so that model can act as the policy.
+        prompts: a JSONL file of ``{"prompt": str}`` rows, or a list of prompts;
+            default: the shipped prompts (opening words of fortunes).
+        reward_model: scores responses; default: :func:`interim_reward_model`.
+        max_new_tokens: response length cap.
+        max_prompt_tokens: prompt part of the observation window.
+        missing_eos_penalty: subtracted when a response hits the length cap.
+        stop_strings: end a response when its text contains one of these.
+    """
+    tokenizer = load_tokenizer(model if model is not None else default_tokenizer_path())
+    if prompts is None:
+        prompt_list = load_prompts(default_prompts_path())
+    elif isinstance(prompts, (str, os.PathLike)):
+        prompt_list = load_prompts(prompts)
+    else:
+        prompt_list = list(prompts)
+    return Task(
+        prompts=prompt_list,
+        tokenizer=tokenizer,
+        reward_model=reward_model if reward_model is not None else interim_reward_model(),
+        max_new_tokens=max_new_tokens,
+        max_prompt_tokens=max_prompt_tokens,
+        missing_eos_penalty=missing_eos_penalty,
+        stop_strings=tuple(stop_strings),
+        name="RLHFText-v0" if model is None else f"RLHFText-v0[{model}]",
     )

@@ -1,0 +1,228 @@
+"""agents.sft: response-only loss, learning, data errors, resuming, the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from agents.lm import load_causal_lm
+from agents.sft import (
+    IGNORE_INDEX,
+    SFTConfig,
+    cli,
+    collate,
+    encode_demonstration,
+    load_demonstrations,
+    sample_responses,
+    train_sft,
+)
+from reward_models import FunctionRewardModel
+from reward_models.io import DataError
+from text_env.char_tokenizer import char_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+ALPHABET = "abcdefghijklmnopqrstuvwxyz ,.!?"
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and on a shared CPU extra threads only spin."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_model_dir(tmp_path: Path, n_layer: int = 1) -> Path:
+    """A randomly initialised tiny GPT-2 with a character tokenizer, saved as an HF folder."""
+    tok = char_tokenizer(ALPHABET)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=n_layer, n_head=2,
+            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        )
+    )
+    path = tmp_path / "base"
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def write_demos(path: Path, n: int) -> Path:
+    """Learnable demonstrations: the response repeats the prompt's first word."""
+    words = ["cat", "dog", "sun", "tree", "bird", "fish", "moon", "rain"]
+    rows = []
+    for i in range(n):
+        w = words[i % len(words)]
+        rows.append({"prompt": f"{w} says", "response": f" {w} {w}."})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def config(tmp_path: Path, **overrides) -> SFTConfig:
+    options = dict(
+        model=str(tiny_model_dir(tmp_path)), data=str(write_demos(tmp_path / "demos.jsonl", 64)),
+        out=str(tmp_path / "out"), val_fraction=0.25, batch_size=8, max_steps=40, learning_rate=3e-3,
+        eval_interval=10, log_interval=5, progress=False, patience=0,
+    )
+    options.update(overrides)
+    return SFTConfig(**options)
+
+
+def test_labels_mask_prompt_and_padding():
+    tok = char_tokenizer(ALPHABET)
+    a = encode_demonstration(tok, {"prompt": "hi", "response": " yo"}, "x:1", max_length=32)
+    b = encode_demonstration(tok, {"prompt": "", "response": "abcdef"}, "x:2", max_length=32)
+    assert a.input_ids == [tok.bos_token_id, *tok.convert_tokens_to_ids(list("hi yo")), tok.eos_token_id]
+    assert a.prompt_len == 3  # BOS + "hi"
+    assert b.prompt_len == 1  # empty prompt: BOS only (pretraining)
+    batch = collate([a, b], tok.pad_token_id)
+    labels, ids = batch["labels"], batch["input_ids"]
+    assert labels.shape == ids.shape == (2, 8)
+    assert (labels[0, :3] == IGNORE_INDEX).all()  # BOS, h, i
+    assert labels[0, 3:7].tolist() == ids[0, 3:7].tolist()  # " yo" + EOS
+    assert (labels[0, 7:] == IGNORE_INDEX).all() and (batch["attention_mask"][0, 7:] == 0).all()  # padding
+    assert labels[1, 0] == IGNORE_INDEX and labels[1, 1:].tolist() == ids[1, 1:].tolist()
+
+
+def test_truncation_and_overlong_prompt():
+    tok = char_tokenizer(ALPHABET)
+    d = encode_demonstration(tok, {"prompt": "ab", "response": "cdefgh"}, "x:1", max_length=5)
+    assert len(d.input_ids) == 5 and d.prompt_len == 3
+    assert encode_demonstration(tok, {"prompt": "abcdef", "response": "g"}, "x:1", max_length=5) is None
+
+
+def test_chat_rows_without_template_use_a_transcript():
+    tok = char_tokenizer(ALPHABET + ":\n")
+    row = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    d = encode_demonstration(tok, row, "x:1", max_length=64)
+    text = tok.decode(d.input_ids[: d.prompt_len], skip_special_tokens=True)
+    assert text == "user: hi\nassistant:"
+    assert tok.decode(d.input_ids[d.prompt_len :], skip_special_tokens=True) == " yo"
+    assert d.input_ids[-1] == tok.eos_token_id
+
+
+def test_chat_rows_with_template_cut_the_last_assistant_turn():
+    tok = char_tokenizer(ALPHABET + "<>|\n")
+    tok.chat_template = (
+        "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    )
+    row = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    d = encode_demonstration(tok, row, "x:1", max_length=64)
+    assert tok.decode(d.input_ids[: d.prompt_len]) == "<|user|>hi\n<|assistant|>"
+    assert tok.decode(d.input_ids[d.prompt_len :]) == "yo\n"  # the template closes the turn; no EOS added
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"prompt": "a"}', "missing key 'response'"),
+        ('{"prompt": 3, "response": "b"}', "'prompt' must be a string"),
+        ('{"text": "a"}', "needs 'prompt' and 'response'"),
+        ('{"messages": [{"role": "user", "content": "a"}]}', "must be the assistant's response"),
+        ('{"messages": [{"role": "assistant"}]}', "missing key 'content'"),
+        ("{not json", "invalid JSON"),
+    ],
+)
+def test_malformed_demonstrations_name_file_and_line(tmp_path, line, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"prompt": "a", "response": "b"}\n\n' + line + "\n")
+    with pytest.raises(DataError, match=rf"bad\.jsonl:3: .*{message}"):
+        load_demonstrations(path, char_tokenizer(ALPHABET), max_length=32)
+
+
+def test_cli_reports_bad_data_with_file_and_line(tmp_path, capsys):
+    cfg = config(tmp_path)
+    Path(cfg.data).write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a"}\n')
+    assert cli(["--model", cfg.model, "--data", cfg.data, "--out", cfg.out, "--no-progress"]) == 1
+    assert "demos.jsonl:2: missing key 'response'" in capsys.readouterr().err
+
+
+def test_sft_lowers_validation_loss_and_changes_parameters(tmp_path):
+    cfg = config(tmp_path)
+    before = load_causal_lm(cfg.model, device="cpu")
+    scorer = FunctionRewardModel(lambda p, r: float(r.count(p.split()[0])), name="echo")
+    prompts = ["cat says", "dog says", "sun says"]
+    result = train_sft(cfg, scorer=scorer, prompts=prompts)
+
+    log = (Path(cfg.out) / "log.csv").read_text().splitlines()
+    val = [float(row.split(",")[3]) for row in log[1:] if ",val," in row]
+    assert len(val) == 4 and val[-1] < val[0] - 0.5
+    assert result.val_loss == pytest.approx(min(val), abs=1e-5)
+    after = load_causal_lm(result.model_dir, device="cpu")
+    changed = [
+        name for (name, p), q in zip(before.named_parameters(), after.parameters(), strict=True)
+        if not torch.equal(p, q)
+    ]
+    assert len(changed) == len(list(before.parameters()))
+
+    baseline = json.loads((Path(cfg.out) / "baseline.json").read_text())["result"]
+    assert baseline["val_loss"] == pytest.approx(result.val_loss)
+    assert baseline["val_perplexity"] == pytest.approx(torch.tensor(result.val_loss).exp().item(), rel=1e-5)
+    assert result.mean_score is not None and len(result.samples) == 3
+    responses = [s["response"] for s in result.samples]
+    assert responses == sample_responses(after, char_tokenizer(ALPHABET), prompts, cfg.sample_max_new_tokens, cfg.seed)
+    assert not (Path(cfg.out) / "checkpoint").exists()
+    # A re-run of a finished run reports it without training again.
+    assert train_sft(cfg).val_loss == result.val_loss
+
+
+def test_early_stopping_keeps_the_best_model(tmp_path):
+    cfg = config(tmp_path, learning_rate=0.3, max_steps=500, eval_interval=5, patience=2, lr_schedule="constant")
+    result = train_sft(cfg)
+    assert result.early_stopped and result.steps < 500
+    assert result.steps == result.best_step + 2 * 5
+
+
+def test_changed_settings_refuse_to_resume(tmp_path):
+    cfg = config(tmp_path, max_steps=10)
+    train_sft(cfg)
+    with pytest.raises(ValueError, match=r"--learning-rate 0.003 -> 0.001.*new --out"):
+        train_sft(SFTConfig(**{**cfg.__dict__, "learning_rate": 1e-3}))
+
+
+def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path):
+    cfg = config(tmp_path, max_steps=120, eval_interval=5)
+    args = [
+        "--model", cfg.model, "--data", cfg.data, "--out", cfg.out, "--val-fraction", "0.25",
+        "--batch-size", "8", "--max-steps", "120", "--learning-rate", "0.003", "--eval-interval", "5",
+        "--log-interval", "5", "--patience", "0", "--no-progress", "--num-threads", "1",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "agents.sft", *args], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = Path(cfg.out) / "checkpoint" / "state.json"
+    deadline = time.time() + 60
+    while not state.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved_step = json.loads(state.read_text())["step"]
+    assert 0 < saved_step < 120, "the run must be killed mid-way for this test to mean anything"
+
+    # Same command again: it resumes, continues the step counter and finishes.
+    done = subprocess.run([sys.executable, "-m", "agents.sft", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    resumed_from = int(done.stderr.split(f"resuming {cfg.out} from step ")[1].split(".")[0])
+    assert resumed_from >= saved_step
+    result = json.loads(done.stdout)
+    assert result["steps"] == 120
+    steps = [int(row.split(",")[0]) for row in (Path(cfg.out) / "log.csv").read_text().splitlines()[1:]]
+    assert steps == sorted(steps) and steps[-1] == 120  # no rows repeated from before the resume
+
+    # Model, optimizer, scheduler, data order and RNG all came back: same result as one whole run.
+    whole = train_sft(SFTConfig(**{**cfg.__dict__, "out": str(tmp_path / "whole"), "num_threads": 1}))
+    assert result["val_loss"] == pytest.approx(whole.val_loss, abs=1e-4)
+    assert result["best_step"] == whole.best_step
