@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from reward_models.hf import load_tokenizer, resolve_device
+from reward_models.hf import load_tokenizer, refuse_pickled_code, resolve_device
 
 NORMALISATION_FILE = "reward_normalisation.json"
 """Written next to a trained model: the reference-set shift and scale, and any offset left to apply."""
@@ -126,13 +126,14 @@ class HFRewardModel:
         from transformers import AutoModelForSequenceClassification
 
         try:
-            model, info = AutoModelForSequenceClassification.from_pretrained(
-                str(path),
-                dtype=torch.float32,
-                trust_remote_code=trust_remote_code,
-                weights_only=True,
-                output_loading_info=True,
-            )
+            with refuse_pickled_code(path):
+                model, info = AutoModelForSequenceClassification.from_pretrained(
+                    str(path),
+                    dtype=torch.float32,
+                    trust_remote_code=trust_remote_code,
+                    weights_only=True,
+                    output_loading_info=True,
+                )
         except OSError as e:
             raise OSError(
                 f"could not load a reward model from {str(path)!r}: {e}\n"

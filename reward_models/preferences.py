@@ -19,7 +19,7 @@ from itertools import combinations
 from typing import Any
 
 from reward_models.base import RewardModel, checked_scores
-from reward_models.io import DataError, read_jsonl, require_str, write_jsonl_atomic
+from reward_models.io import DataError, describe_keys, read_jsonl, require_str, write_jsonl_atomic
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def load_preferences(path: str | os.PathLike[str]) -> list[Preference]:
         where = f"{path}:{line_no}"
         if "prompt" not in row:
             raise DataError(
-                f"{where}: missing key 'prompt' (keys present: {sorted(row)}); every row needs one. "
+                f"{where}: missing key 'prompt' (keys present: {describe_keys(row)}); every row needs one. "
                 'For HH-RLHF rows whose prompt is inside chosen/rejected, add "prompt": "".'
             )
         prompt = require_str(row, "prompt", where)
@@ -122,7 +122,7 @@ def load_preferences(path: str | os.PathLike[str]) -> list[Preference]:
         else:
             raise DataError(
                 f"{where}: a preference row needs 'chosen' and 'rejected' (a comparison) or "
-                f"'responses' (a ranking, best first); keys present: {sorted(row)}."
+                f"'responses' (a ranking, best first); keys present: {describe_keys(row)}."
             )
     if not items:
         raise DataError(f"{path}: no preference rows; the file is empty.")
@@ -153,7 +153,7 @@ def load_collection(path: str | os.PathLike[str]) -> list[PromptResponses]:
         else:
             raise DataError(
                 f"{where}: a sample row needs 'responses' (a list of strings) or 'response' (a string); "
-                f"keys present: {sorted(row)}."
+                f"keys present: {describe_keys(row)}."
             )
         items.append(PromptResponses(prompt, responses))
     if not items:

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from reward_models.config_cli import add_config_args, config_from_args
-from reward_models.hf import load_tokenizer, resolve_device
+from reward_models.hf import load_tokenizer, refuse_pickled_code, resolve_device
 from reward_models.hf_model import (
     NORMALISATION_FILE,
     HFRewardModel,
@@ -208,15 +208,16 @@ def load_reward_backbone(name_or_path: str, seed: int = 0, trust_remote_code: bo
 
     torch.manual_seed(seed)
     try:
-        model, info = AutoModelForSequenceClassification.from_pretrained(
-            name_or_path,
-            num_labels=1,
-            dtype=torch.float32,
-            weights_only=True,
-            trust_remote_code=trust_remote_code,
-            ignore_mismatched_sizes=True,
-            output_loading_info=True,
-        )
+        with refuse_pickled_code(name_or_path):
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                name_or_path,
+                num_labels=1,
+                dtype=torch.float32,
+                weights_only=True,
+                trust_remote_code=trust_remote_code,
+                ignore_mismatched_sizes=True,
+                output_loading_info=True,
+            )
     except OSError as e:
         raise OSError(
             f"--model {name_or_path!r}: could not load it: {e}\n"
@@ -430,9 +431,10 @@ def train_reward_model(config: RewardTrainConfig) -> RewardTrainResult:
     else:
         from transformers import AutoModelForSequenceClassification
 
-        model = AutoModelForSequenceClassification.from_pretrained(
-            str(out / CHECKPOINT_DIR / "model"), dtype=torch.float32, weights_only=True
-        )
+        with refuse_pickled_code(out / CHECKPOINT_DIR / "model"):
+            model = AutoModelForSequenceClassification.from_pretrained(
+                str(out / CHECKPOINT_DIR / "model"), dtype=torch.float32, weights_only=True
+            )
     model.config.get_text_config().pad_token_id = tokenizer.pad_token_id
     model.to(resolve_device(config.device))
     # Dropout off (eval mode) while training: scores must not depend on a random mask,
@@ -459,7 +461,8 @@ def train_reward_model(config: RewardTrainConfig) -> RewardTrainResult:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, decay)
     step, seconds_before = 0, 0.0
     if state is not None:
-        saved = torch.load(out / CHECKPOINT_DIR / "optimizer.pt", weights_only=True)
+        with refuse_pickled_code(out / CHECKPOINT_DIR / "optimizer.pt"):
+            saved = torch.load(out / CHECKPOINT_DIR / "optimizer.pt", weights_only=True)
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         step, seconds_before = state["step"], state["seconds"]
@@ -489,11 +492,19 @@ def train_reward_model(config: RewardTrainConfig) -> RewardTrainResult:
                 seqs = [ids for i in part for ids in item_ids[i]]
                 s = sequence_scores(model, seqs)  # (sum K,) best first per ranking
                 loss = ranking_loss(s, [len(item_ids[i]) for i in part]) * (len(part) / len(batch))
+                # A NaN or inf would poison every weight at the optimiser step and then the next
+                # checkpoint: stop before either happens (the last good checkpoint stays on disk).
+                bad = int((~torch.isfinite(s.detach())).sum())
+                if bad or not torch.isfinite(loss):
+                    raise _non_finite(step, f"the loss is {loss.item()}" + (
+                        f" ({bad} of {len(s)} scores are not finite)" if bad else ""), out)
                 loss.backward()
                 loss_sum += loss.item()
                 scores.extend(s.detach().cpu().tolist())
-            if config.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            max_norm = config.max_grad_norm if config.max_grad_norm > 0 else math.inf  # inf: measure, don't clip
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            if not torch.isfinite(grad_norm):
+                raise _non_finite(step, f"the gradient norm is {grad_norm.item()}", out)
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
             scheduler.step()
@@ -542,6 +553,20 @@ def train_reward_model(config: RewardTrainConfig) -> RewardTrainResult:
     return RewardTrainResult(out, True, step, val, norm, seconds)
 
 
+def _non_finite(step: int, what: str, out: Path) -> FloatingPointError:
+    """The error that stops training at a NaN or inf, saying which checkpoint is the last good one."""
+    checkpoint = out / CHECKPOINT_DIR
+    kept = (
+        f"the last good checkpoint is {checkpoint}"
+        if (checkpoint / "state.json").is_file()
+        else "no checkpoint was saved yet"
+    )
+    return FloatingPointError(
+        f"step {step + 1}: {what}; training stopped before applying it and {kept}. Lower --lr (with "
+        "--no-resume, or a new --out: a checkpoint only resumes with the same settings) or check the data and model."
+    )
+
+
 def cli(argv: list[str] | None = None) -> int:
     """``rlhf-gym train-rm``: train a Bradley-Terry reward model on preference JSONL."""
     parser = argparse.ArgumentParser(
@@ -552,7 +577,7 @@ def cli(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = train_reward_model(config_from_args(RewardTrainConfig, args))
-    except (DataError, ValueError, OSError) as e:
+    except (DataError, ValueError, OSError, FloatingPointError) as e:
         print(f"rlhf-gym train-rm: {e}", file=sys.stderr)
         return 2
     val = f"; validation accuracy {result.val.accuracy:.3f}, margin {result.val.margin:.3f}" if result.val else ""

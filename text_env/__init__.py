@@ -18,3 +18,10 @@ if "RLHFText-v0" not in gym.registry:
         entry_point="text_env.factory:make_env",
         vector_entry_point="text_env.factory:make_vector_env",
     )
+
+if "ChessMoveCritic-v0" not in gym.registry:
+    gym.register(
+        id="ChessMoveCritic-v0",
+        entry_point="text_env.chess:make_chess_env",
+        vector_entry_point="text_env.chess:make_chess_vector_env",
+    )

@@ -111,6 +111,10 @@ class TextGenerationEnv(gym.Env):
             return None
         return f"{self.prompt}{self.task.response_text(self.response_ids)}"
 
+    def close(self) -> None:
+        """Release the task's resources (e.g. the chess critic's engine process)."""
+        self.task.close()
+
     def action_masks(self) -> np.ndarray:
         """Allowed next tokens as a bool array (sb3-contrib's MaskablePPO calls this)."""
         if self._mask is None:

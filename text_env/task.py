@@ -52,6 +52,8 @@ class Task:
     """Optional rule restricting the next token (e.g. legal chess moves)."""
     gold_scorer: RewardModel | None = None
     """Optional true objective, reported as ``info["gold_score"]`` but never used as reward."""
+    info_fn: Callable[[str, str], dict[str, Any]] | None = None
+    """Optional ``f(prompt, response_text) -> dict`` merged into the final ``info`` (e.g. chess move legality)."""
     name: str = "text"
     """Shown in errors and reports."""
     _prompt_cache: dict[str, list[int]] = field(default_factory=dict, init=False, repr=False)
@@ -195,8 +197,17 @@ class Task:
             }
             if gold is not None:
                 info["gold_score"] = float(gold[i])
+            if self.info_fn is not None:
+                info.update(self.info_fn(prompts[i], texts[i]))
             infos.append(info)
         return rewards, infos
+
+    def close(self) -> None:
+        """Release what the reward model and gold scorer hold (e.g. a chess engine process)."""
+        for model in (self.reward_model, self.gold_scorer):
+            close = getattr(model, "close", None)
+            if callable(close):
+                close()
 
     def mask(self, prompt: str, response_ids: Sequence[int]) -> np.ndarray:
         """The action mask for the next token as int8 (Gymnasium's ``Discrete.sample(mask)`` dtype)."""

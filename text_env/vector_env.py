@@ -168,6 +168,10 @@ class TextGenerationVectorEnv(VectorEnv):
             f"{p}{self.task.response_text(r)}" for p, r in zip(self.prompts, self.response_ids, strict=True)
         )
 
+    def close_extras(self, **kwargs: Any) -> None:
+        """Release the task's resources (e.g. the chess critic's engine process)."""
+        self.task.close()
+
     def action_masks(self) -> np.ndarray:
         """Allowed next tokens, bool ``(num_envs, vocab_size)``; all True without a mask rule."""
         if self._masks is None:

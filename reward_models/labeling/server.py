@@ -163,7 +163,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_PUT(self) -> None:
         self._send_json(405, {"error": "use GET or POST."})
 
-    do_DELETE = do_PATCH = do_PUT
+    do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = do_TRACE = do_CONNECT = do_PUT
 
     def _handle(self, method: str) -> None:
         try:
@@ -226,11 +226,16 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(declared)
         if length > MAX_BODY_BYTES:
             raise ApiError(413, f"body of {length} bytes; at most {MAX_BODY_BYTES} are accepted.")
-        raw = self.rfile.read(length)
+        try:
+            raw = self.rfile.read(length)
+        except TimeoutError:
+            raise ApiError(408, f"timed out after {self.timeout} s waiting for the {length}-byte body.") from None
         try:
             body = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ApiError(400, f"body is not valid JSON ({e}).") from None
+        except RecursionError:
+            raise ApiError(400, "body is JSON nested too deeply to read.") from None
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an integer of more than 4300 digits
+            raise ApiError(400, f"body is not valid JSON ({str(e)[:200]}).") from None
         if not isinstance(body, dict):
             raise ApiError(400, f"body must be a JSON object, got {type(body).__name__}.")
         return body
@@ -307,7 +312,12 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(obj, ensure_ascii=False).encode(), "application/json")
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """JSON instead of http.server's HTML for protocol errors (bad request line, ...)."""
+        """JSON instead of http.server's HTML for protocol errors (bad request line, ...).
+
+        An unknown method is the client's mistake, so it gets 405 rather than http.server's 501.
+        """
+        if code == HTTPStatus.NOT_IMPLEMENTED:
+            code, message = HTTPStatus.METHOD_NOT_ALLOWED, "use GET or POST."
         self._send_json(int(code), {"error": message or HTTPStatus(code).phrase})
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from reward_models.io import DataError, read_jsonl, require_str, write_jsonl_atomic
+from reward_models.io import DataError, describe_keys, read_jsonl, require_str, write_jsonl_atomic
 from reward_models.labeling.agreement import AgreementReport, pairwise_agreement
 
 Mode = Literal["rank", "best"]
@@ -126,16 +126,24 @@ def parse_item(obj: dict[str, Any], where: str) -> tuple[str, str, list[str]]:
     elif "response" in obj:
         responses = [require_str(obj, "response", where)]
     else:
-        raise DataError(f"{where}: an item needs 'responses' (a list of strings to rank); keys present: {sorted(obj)}.")
+        raise DataError(
+            f"{where}: an item needs 'responses' (a list of strings to rank); keys present: {describe_keys(obj)}."
+        )
     responses = list(dict.fromkeys(responses))
     if "id" in obj:
         item_id = obj["id"]
         if isinstance(item_id, bool) or not isinstance(item_id, str | int):
-            raise DataError(f"{where}: 'id' must be a string or integer, got {item_id!r}.")
+            raise DataError(f"{where}: 'id' must be a string or integer, got {json.dumps(item_id)[:80]}.")
         key = f"id:{item_id}"
     else:
         key = "sha256:" + hashlib.sha256(json.dumps([prompt, responses]).encode()).hexdigest()
     return key, prompt, responses
+
+
+def _shown(item_id: str | int) -> str:
+    """An item id for a message: its repr, cut short."""
+    text = repr(item_id)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 class LabelStore:
@@ -224,7 +232,7 @@ class LabelStore:
                 continue
             if key in parsed and parsed[key][1:] != (prompt, responses):
                 raise DataError(
-                    f"{where}: id {obj['id']!r} was already used at {parsed[key][0]} for a different "
+                    f"{where}: id {_shown(obj['id'])} was already used at {parsed[key][0]} for a different "
                     "prompt or responses; give each item its own id."
                 )
             parsed.setdefault(key, (where, prompt, responses))
@@ -245,7 +253,7 @@ class LabelStore:
                     added += 1
                 elif (row[0], json.loads(row[1])) != (prompt, responses):
                     raise DataError(
-                        f"{where}: item {key.removeprefix('id:')!r} is already in {self.path} (imported from "
+                        f"{where}: item {_shown(key.removeprefix('id:'))} is already in {self.path} (imported from "
                         f"{row[2]}) with a different prompt or responses; give it a new id or "
                         "use another --db."
                     )
@@ -262,6 +270,8 @@ class LabelStore:
 
     def item(self, item_id: int) -> Item:
         """The item with this id, or :class:`UnknownItemError`."""
+        if not -(2**63) <= item_id < 2**63:  # SQLite's integer range; beyond it sqlite3 raises OverflowError
+            raise UnknownItemError(f"unknown item_id {item_id}; ask /api/next for a current item.")
         rows = self._query("SELECT id, prompt, responses FROM items WHERE id = ?", (item_id,))
         if not rows:
             raise UnknownItemError(f"unknown item_id {item_id}; ask /api/next for a current item.")
