@@ -7,6 +7,8 @@ import math
 import os
 from pathlib import Path
 
+from reward_models.io import atomic_path
+
 
 class RunLogger:
     """Writes ``metrics`` dicts to ``log_dir/progress.csv`` and TensorBoard event files.
@@ -56,7 +58,7 @@ class RunLogger:
         self.writer.close()
 
     def _rewrite(self) -> None:
-        with self.csv_path.open("w", newline="") as f:
+        with atomic_path(self.csv_path) as tmp, tmp.open("w", newline="") as f:  # a crash keeps the old log whole
             w = csv.DictWriter(f, self._fields)
             w.writeheader()
             w.writerows(self._rows)

@@ -43,7 +43,15 @@ from tqdm.auto import tqdm
 from agents.lm import load_causal_lm, load_tokenizer, resolve_device
 from reward_models import RewardModel, checked_scores
 from reward_models.config_cli import add_config_args, config_from_args
-from reward_models.io import DataError, read_jsonl, require_str, save_dir_atomic, write_json_atomic
+from reward_models.io import (
+    DataError,
+    atomic_path,
+    describe_keys,
+    read_jsonl,
+    require_str,
+    save_dir_atomic,
+    write_json_atomic,
+)
 
 IGNORE_INDEX = -100
 """Label of tokens that carry no loss (prompt and padding); PyTorch's cross-entropy default."""
@@ -174,7 +182,7 @@ def encode_demonstration(
     else:
         raise DataError(
             f"{where}: a demonstration needs 'prompt' and 'response' strings, or 'messages' "
-            f"(a list of {{'role','content'}} ending with the assistant's); keys present: {sorted(row)}."
+            f"(a list of {{'role','content'}} ending with the assistant's); keys present: {describe_keys(row)}."
         )
     response_ids = list(tokenizer(response, add_special_tokens=False)["input_ids"])
     if close_with_eos:
@@ -405,8 +413,13 @@ def train_sft(
             loss_sum, _ = token_loss_sum(model, batch)
             (loss_sum / max(n_tokens, 1)).backward()
             step_loss += loss_sum.item() / max(n_tokens, 1)
-        if config.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        # A NaN/inf loss or gradient must never reach the weights (or the next checkpoint).
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm or math.inf)
+        if not (math.isfinite(step_loss) and torch.isfinite(grad_norm)):
+            raise FloatingPointError(
+                f"step {step + 1}: loss {step_loss} / gradient norm {grad_norm.item()} is not finite; training "
+                f"stopped before applying it; the last good checkpoint is {checkpoint}."
+            )
         optimizer.step()
         scheduler.step()
         step += 1
@@ -420,6 +433,11 @@ def train_sft(
 
         if step % config.eval_interval == 0 or step == total_steps:
             val = evaluate_loss(model, val_set, config.batch_size, pad_id)
+            if not math.isfinite(val):
+                raise FloatingPointError(
+                    f"step {step}: validation loss is {val}; stopped without saving; the last good "
+                    f"checkpoint is {checkpoint}."
+                )
             log.write(step, epoch, "val", val, optimizer.param_groups[0]["lr"])
             if val < state["best_val"]:
                 state.update(best_val=val, best_step=step, bad_evals=0)
@@ -580,8 +598,7 @@ class _CsvLog:
         if path.is_file() and after_step > 0:
             with path.open(newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= after_step]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as f:
+        with atomic_path(path) as tmp, tmp.open("w", newline="") as f:  # a crash keeps the old log whole
             writer = csv.DictWriter(f, LOG_COLUMNS)
             writer.writeheader()
             writer.writerows(rows)
@@ -607,7 +624,7 @@ def cli(argv: list[str] | None = None) -> int:
     hf_logging.disable_progress_bar()  # the step bar is enough; no bars per saved file
     try:
         result = train_sft(config_from_args(SFTConfig, args))
-    except (DataError, ValueError, OSError) as e:
+    except (DataError, ValueError, OSError, FloatingPointError) as e:
         print(f"rlhf-gym sft: {e}", file=sys.stderr)
         return 1
     print(json.dumps(asdict(result), indent=2))

@@ -246,11 +246,6 @@ def huge_good(kind: str) -> dict[str, Any]:
     }[kind]
 
 
-SFT_KEYS_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="agents/sft.py encode_demonstration lists every key of a bad row (sorted(row)) in its message; "
-    "use reward_models.io.describe_keys(row)",
-)
 
 
 BAD_HUGE = {
@@ -265,7 +260,7 @@ BAD_HUGE = {
     ("kind", "bad"),
     [
         pytest.param(kind, bad, id=f"{bad}-{kind}",
-                     marks=SFT_KEYS_BUG if (kind, bad) == ("demonstrations", "thousands-of-huge-keys") else ())
+                     )
         for kind in LOADERS
         for bad in BAD_HUGE
     ],
