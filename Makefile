@@ -31,7 +31,7 @@ system-deps:
 	fi
 
 demo: $(STAMP)
-	$(VENV)/bin/rlhf-gym demo
+	$(VENV)/bin/rlhf-gym pipeline --out runs/demo
 
 test: $(STAMP) system-deps
 	$(VENV)/bin/ruff check .
@@ -47,6 +47,8 @@ defaults: $(STAMP) system-deps
 
 bench: $(STAMP)
 	$(PY) bench/env_overhead.py
+	$(PY) bench/rollout.py
+	$(PY) bench/vs_trl.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

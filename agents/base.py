@@ -4,6 +4,8 @@ An agent subclass supplies one ``_iteration()`` (generate a batch, maybe update,
 metrics); this module owns the env, the policy and its frozen reference, the learn loop
 with its progress bar, TensorBoard/CSV logging, linear learning-rate annealing,
 atomic checkpoints every N iterations, resuming a killed run, and the stop on NaN.
+Gradient agents also get LoRA adapters (:mod:`agents.lora`), data parallelism under
+``torchrun`` (:mod:`agents.distributed`) and Ray rollout workers (:mod:`agents.ray_rollout`).
 """
 
 from __future__ import annotations
@@ -26,9 +28,17 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from agents.lm import load_causal_lm, resolve_device
+from agents.distributed import (
+    DistInfo,
+    broadcast_parameters,
+    init_distributed,
+    reduce_gradients,
+    resolve_rank_device,
+)
+from agents.lm import load_causal_lm
 from agents.logger import RunLogger
-from agents.rollout import make_rollout_env, sample_next_token
+from agents.lora import AdapterDisabled, LoraSettings, add_lora, base_state_dict, is_adapter_folder, is_lora
+from agents.rollout import RolloutBatch, make_rollout_env, rollout, sample_next_token
 from reward_models.io import save_dir_atomic
 
 PolicyArg = str | os.PathLike[str] | torch.nn.Module | None
@@ -75,12 +85,31 @@ class TrainConfig(AgentConfig):
     """Anneal the learning rate linearly to 0 over ``total_timesteps`` (OAI, CleanRL)."""
     max_grad_norm: float = 1.0
     """Clip the global gradient norm to this (CleanRL: 0.5; TRL: 1.0)."""
+    lora: LoraSettings | None = None
+    """Train LoRA adapters instead of every weight (needs ``peft``); the reference is then the
+    policy with its adapters disabled, so no second copy of the model is held. None: full fine-tuning."""
+    rollout_workers: int = 0
+    """Ray actors that generate the batch, ``batch_size / rollout_workers`` episodes each, with the
+    weights synced after every update (needs ``ray``); 0 generates in this process."""
+    rollout_worker_gpus: float = 0.0
+    """GPUs Ray reserves for each rollout worker (fractions share one GPU); 0: CPU workers."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.num_minibatches < 1 or self.batch_size % self.num_minibatches:
             raise ValueError(
                 f"num_minibatches={self.num_minibatches} must be >= 1 and divide batch_size={self.batch_size}."
+            )
+        if isinstance(self.lora, dict):  # read back from a checkpoint's state.json
+            self.lora = LoraSettings(**self.lora)
+        if self.rollout_workers < 0 or self.rollout_worker_gpus < 0:
+            raise ValueError(
+                f"rollout_workers={self.rollout_workers} and rollout_worker_gpus={self.rollout_worker_gpus} "
+                "must be >= 0."
+            )
+        if self.rollout_workers and self.batch_size % self.rollout_workers:
+            raise ValueError(
+                f"rollout_workers={self.rollout_workers} must divide batch_size={self.batch_size} (equal shares)."
             )
 
 
@@ -114,7 +143,8 @@ class Agent:
 
     Timesteps are env steps, i.e. generated tokens summed over the batch, as in SB3
     where each sub-env step counts; ``learn`` stops after the first iteration that
-    reaches ``total_timesteps``.
+    reaches ``total_timesteps``. Under ``torchrun`` ``batch_size`` is the global batch:
+    each rank generates ``batch_size / world_size`` episodes and counts the global timesteps.
     """
 
     config_class: ClassVar[type[AgentConfig]] = AgentConfig
@@ -122,6 +152,8 @@ class Agent:
     """False for agents without a language model (``RandomAgent``)."""
     needs_reference: ClassVar[bool] = True
     """False for agents that never move away from their policy (nothing to anchor a KL to)."""
+    supports_distributed: ClassVar[bool] = False
+    """True for agents whose update keeps its statistics global across ``torchrun`` ranks."""
 
     def __init__(
         self, env: Any, policy: PolicyArg = None, config: AgentConfig | None = None, reference: PolicyArg = None
@@ -134,10 +166,12 @@ class Agent:
         self.config = config if config is not None else self.config_class()
         if not isinstance(self.config, self.config_class):
             raise TypeError(f"config must be a {self.config_class.__name__}, got {type(self.config).__name__}.")
-        self.env = make_rollout_env(env, self.config.batch_size)
+        self.dist = self._check_distributed(init_distributed())
+        self.env = make_rollout_env(env, self.config.batch_size // self.dist.world_size)
         self.task = self.env.unwrapped.task
-        self.device = resolve_device(self.config.device) if self.needs_policy else torch.device("cpu")
+        self.device = resolve_rank_device(self.config.device, self.dist) if self.needs_policy else torch.device("cpu")
         torch.manual_seed(self.config.seed)  # value-head init and anything else drawn at build time
+        # Same seed on every rank: minibatch shuffles agree, so ranks split one global permutation.
         self.generator = torch.Generator(self.device).manual_seed(self.config.seed)
         self.num_timesteps = 0
         self.iteration = 0
@@ -145,6 +179,8 @@ class Agent:
         self.optimizer: torch.optim.Optimizer | None = None
         self.policy: Any = None
         self.reference: Any = None
+        self.rollout_pool: Any = None
+        lora: LoraSettings | None = getattr(self.config, "lora", None)
         if self.needs_policy:
             self.policy = _load_model(policy, self.device)
             vocab = self.policy.get_output_embeddings().out_features
@@ -153,11 +189,42 @@ class Agent:
                     f"policy has {vocab} output tokens but the env's tokenizer has {self.task.vocab_size}; "
                     "use the policy's own tokenizer in the Task (default_task(model=PATH))."
                 )
-        if self.needs_reference:
+            if lora is None and is_lora(self.policy):
+                raise ValueError(
+                    "policy is already a peft model; pass its base model and config lora=LoraSettings(...), "
+                    "so that checkpoints save and restore the adapters."
+                )
+        if self.needs_reference and (lora is None or reference is not None):
             # The reference is a frozen copy of the initial policy: no grad, eval (PPO_NOTES #1).
             self.reference = copy.deepcopy(self.policy) if reference is None else _load_model(reference, self.device)
             self.reference.requires_grad_(False).eval()
+        if lora is not None:
+            adapter = checkpoint / "policy" if checkpoint is not None else None
+            self.policy = add_lora(self.policy, lora, adapter).to(self.device)
+            if self.needs_reference and reference is None:
+                # The frozen base weights are the initial policy: the reference is the policy with
+                # its adapters off, so the model is held once (memory: bench/memory.py).
+                self.reference = AdapterDisabled(self.policy)
+        if self.needs_policy:
+            broadcast_parameters([self.policy], self.dist)  # every rank starts from rank 0's weights
         self._build(checkpoint)
+
+    def _check_distributed(self, info: DistInfo) -> DistInfo:
+        if info.world_size == 1:
+            return info
+        if not self.supports_distributed:
+            raise RuntimeError(
+                f"{type(self).__name__} does not support torchrun data parallelism (WORLD_SIZE={info.world_size}); "
+                "run it in one process, or use PPOKL."
+            )
+        if self.config.batch_size % info.world_size:
+            raise ValueError(
+                f"batch_size={self.config.batch_size} is the global batch: it must be divisible by "
+                f"WORLD_SIZE={info.world_size}, each rank generating an equal share."
+            )
+        if getattr(self.config, "rollout_workers", 0):
+            raise ValueError("rollout_workers > 0 (Ray) and torchrun data parallelism cannot be combined; pick one.")
+        return info
 
     # ---- hooks for subclasses --------------------------------------------------------
     def _build(self, checkpoint: Path | None) -> None:
@@ -206,10 +273,12 @@ class Agent:
                 self.num_timesteps = 0
             self._start_timesteps = self.num_timesteps
             self._target_timesteps = self.num_timesteps + total_timesteps
-        logger = RunLogger(self.config.log_dir, resume_step=self.iteration if self.iteration else None)
+        # Only rank 0 writes logs and checkpoints and shows progress (torchrun).
+        main = self.dist.is_main
+        logger = RunLogger(self.config.log_dir, resume_step=self.iteration or None) if main else None
         span = self._target_timesteps - self._start_timesteps
         bar = tqdm(total=span, initial=self.num_timesteps - self._start_timesteps, unit="tok",
-                   desc=type(self).__name__, disable=not progress_bar)
+                   desc=type(self).__name__, disable=not (progress_bar and main))
         try:
             while self.num_timesteps < self._target_timesteps:
                 lr = self._anneal_lr()
@@ -222,7 +291,8 @@ class Agent:
                                tokens_per_second=steps / seconds)
                 if lr is not None:
                     metrics["learning_rate"] = lr
-                logger.log(self.iteration, metrics)
+                if logger is not None:
+                    logger.log(self.iteration, metrics)
                 bar.update(steps)
                 bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("score", "kl", "beta") if k in metrics})
                 every = self.config.checkpoint_every
@@ -230,7 +300,8 @@ class Agent:
                     self.save(checkpoint)
         finally:
             bar.close()
-            logger.close()
+            if logger is not None:
+                logger.close()
         return self
 
     def predict(
@@ -257,12 +328,20 @@ class Agent:
         """Save everything needed to continue (atomically: a crash leaves the previous save whole).
 
         ``policy/`` and ``reference/`` are Hugging Face folders (safetensors, with the
-        env's tokenizer); ``trainer_state.pt`` holds optimiser and RNG tensors;
-        ``state.json`` the config, counters and algorithm state.
+        env's tokenizer); with LoRA, ``policy/`` is the peft adapter and ``policy_base/``
+        its frozen base model (also the reference, unless one was given). ``trainer_state.pt``
+        holds optimiser and RNG tensors; ``state.json`` the config, counters and algorithm
+        state. Under torchrun only rank 0 writes; every rank waits until it has.
         """
         def write(folder: Path) -> None:
-            for name, model in (("policy", self.policy), ("reference", self.reference)):
-                if model is not None:
+            models = [("policy", self.policy), ("reference", self.reference)]
+            if is_lora(self.policy):
+                base = self.policy.get_base_model()
+                base.save_pretrained(folder / "policy_base", state_dict=base_state_dict(self.policy),
+                                     safe_serialization=True)
+                self.task.tokenizer.save_pretrained(folder / "policy_base")
+            for name, model in models:
+                if model is not None and not isinstance(model, AdapterDisabled):
                     model.save_pretrained(folder / name, safe_serialization=True)
                     self.task.tokenizer.save_pretrained(folder / name)
             tensors: dict[str, Any] = {"generator": self.generator.get_state(), "torch_rng": torch.get_rng_state()}
@@ -281,8 +360,11 @@ class Agent:
             }
             (folder / "state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
 
-        with quiet_transformers():  # no "Writing model shards" bar under the training bar
-            save_dir_atomic(path, write)
+        if self.dist.is_main:
+            with quiet_transformers():  # no "Writing model shards" bar under the training bar
+                save_dir_atomic(path, write)
+        if self.dist.world_size > 1:
+            torch.distributed.barrier()  # no rank reads the folder before it is complete
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], env: Any) -> Agent:
@@ -296,6 +378,8 @@ class Agent:
             raise ValueError(f"{path} holds a {state['algorithm']}, not a {cls.__name__}; load it with that class.")
         agent = cls.__new__(cls)
         policy, reference = (path / name if (path / name).is_dir() else None for name in ("policy", "reference"))
+        if policy is not None and is_adapter_folder(policy):  # LoRA: base weights, adapter loaded in _setup
+            policy = path / "policy_base"
         agent._setup(env, policy, cls.config_class(**state["config"]), reference, checkpoint=path)
         tensors = torch.load(path / "trainer_state.pt", weights_only=True)
         agent.generator.set_state(tensors["generator"])
@@ -309,8 +393,25 @@ class Agent:
 
     # ---- helpers for subclasses ------------------------------------------------------
     def _prompt_seed(self) -> int:
-        # Prompts of iteration i depend only on (seed, i), so a resumed run draws what the killed one would.
-        return self.config.seed + self.iteration * self.config.batch_size
+        # Prompts (and sampling streams) of episode j of iteration i depend only on (seed, i, j), so a
+        # resumed run draws what the killed one would, and ranks and workers draw what one process would.
+        return self.config.seed + self.iteration * self.config.batch_size + self.dist.rank * self.env.num_envs
+
+    def _generate(self, group_size: int = 1) -> RolloutBatch:
+        """Step 1 of every RL agent: this rank's share of the batch, from this process or the Ray workers."""
+        config = self.config
+        if getattr(config, "rollout_workers", 0):
+            if self.rollout_pool is None:
+                from agents.ray_rollout import RolloutPool
+
+                self.rollout_pool = RolloutPool(self.task, self.policy, config.rollout_workers, config.batch_size,
+                                                num_gpus=config.rollout_worker_gpus)
+            else:
+                self.rollout_pool.sync(self.policy)  # the update just changed the weights
+            return self.rollout_pool.rollout(temperature=config.temperature, seed=self._prompt_seed(),
+                                             group_size=group_size, device=self.device)
+        return rollout(self.policy, self.env, temperature=config.temperature, group_size=group_size,
+                       seed=self._prompt_seed(), generator=self.generator)
 
     def _anneal_lr(self) -> float | None:
         if self.optimizer is None:
@@ -333,13 +434,17 @@ class Agent:
 
     def _backward(self, loss: torch.Tensor, what: str) -> None:
         """Accumulate gradients of ``loss``; a NaN/inf loss stops training before it touches a weight."""
-        self._check_finite(what, loss)
+        if self.dist.world_size == 1:
+            # Under torchrun a local raise would leave the other ranks waiting in the all-reduce;
+            # there the NaN reaches the summed gradient norm, which every rank checks alike.
+            self._check_finite(what, loss)
         loss.backward()
 
     def _optimizer_step(self) -> float:
-        """Clip the accumulated gradients, take one Adam step, clear them; returns the gradient norm."""
+        """Sum gradients over ranks, clip, take one Adam step, clear them; returns the gradient norm."""
         config = self.config
         assert self.optimizer is not None and isinstance(config, TrainConfig)
+        reduce_gradients(self._parameters, self.dist)
         grad_norm = torch.nn.utils.clip_grad_norm_(self._parameters, config.max_grad_norm)
         self._check_finite("gradient norm", grad_norm)
         self.optimizer.step()
@@ -367,6 +472,8 @@ def _flag_type(hint: Any) -> dict[str, Any]:
         return {"choices": list(args)}
     if hint is bool:
         return {"action": argparse.BooleanOptionalAction}
+    if hint is LoraSettings:
+        return {"type": LoraSettings.parse, "metavar": "r=8,alpha=16,..."}
     return {"type": hint}
 
 
@@ -399,6 +506,7 @@ def config_cli(agent_class: type[Agent], argv: Sequence[str] | None, description
     agent.learn(args.total_timesteps, resume=args.resume)
     save = args.save or str(Path(config.log_dir) / "model")
     agent.save(save)
-    print(f"{agent_class.__name__}: {agent.num_timesteps} timesteps in {agent.iteration} iterations; "
-          f"saved to {save}; metrics in {config.log_dir}/progress.csv")
+    if agent.dist.is_main:
+        print(f"{agent_class.__name__}: {agent.num_timesteps} timesteps in {agent.iteration} iterations; "
+              f"saved to {save}; metrics in {config.log_dir}/progress.csv")
     return 0

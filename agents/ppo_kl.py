@@ -11,6 +11,10 @@ Run ``python -m agents.ppo_kl`` for a default training on RLHFText-v0::
     from agents import PPOKL, PPOKLConfig
     agent = PPOKL("RLHFText-v0", config=PPOKLConfig(batch_size=32)).learn(50_000)
     agent.save("ppo_kl_model")
+
+The same script runs data-parallel under ``torchrun --nproc_per_node N`` (each rank
+generates ``batch_size / N`` episodes; the update equals the 1-process one), with LoRA
+(``PPOKLConfig(lora=LoraSettings())``) or with Ray rollout workers (``rollout_workers=2``).
 """
 
 from __future__ import annotations
@@ -27,6 +31,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from agents.base import Agent, PolicyArg, TrainConfig, config_cli, quiet_transformers
+from agents.distributed import (
+    all_gather_rows,
+    all_reduce,
+    broadcast_parameters,
+    masked_whiten_global,
+    reduce_metrics,
+)
+from agents.lora import trainable_parameters
 from agents.ppo_utils import (
     AdaptiveKLController,
     FixedKLController,
@@ -35,9 +47,11 @@ from agents.ppo_utils import (
     explained_variance,
     kl_estimate,
     masked_mean,
-    masked_whiten,
 )
-from agents.rollout import ResponseOutput, RolloutBatch, response_logprobs, rollout, sequence_inputs
+from agents.rollout import ResponseOutput, RolloutBatch, autocast, response_logprobs, sequence_inputs
+
+UPDATE_STATS = ("policy_loss", "value_loss", "clipfrac", "value_clipfrac", "approx_kl")
+"""Per-minibatch statistics: each rank's sum over its rows divided by the global token count, summed over ranks."""
 
 
 @dataclass
@@ -85,6 +99,11 @@ class PPOKLConfig(TrainConfig):
             raise ValueError(f"kl_estimator={self.kl_estimator!r}; use 'k1', 'k2' or 'k3'.")
 
 
+def _minibatch_mean(x: torch.Tensor, mask: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """The local rows' share of a masked mean over a global minibatch of ``tokens`` response tokens."""
+    return (x * mask).sum() / tokens
+
+
 class PPOKL(Agent):
     """PPO against a reward model with a per-token KL penalty to the frozen SFT reference.
 
@@ -98,6 +117,7 @@ class PPOKL(Agent):
 
     config_class = PPOKLConfig
     config: PPOKLConfig
+    supports_distributed = True
 
     def __init__(
         self, env: Any, policy: PolicyArg = None, config: PPOKLConfig | None = None, reference: PolicyArg = None
@@ -120,7 +140,9 @@ class PPOKL(Agent):
             self.kl_ctl: FixedKLController | AdaptiveKLController = FixedKLController(cfg.init_kl_coef)
         else:
             self.kl_ctl = AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
-        self._make_optimizer([*self.policy.parameters(), *self.value_model.parameters()])
+        broadcast_parameters([self.value_model], self.dist)
+        # With LoRA only the adapters train: Adam keeps no moments for the frozen base weights.
+        self._make_optimizer([*trainable_parameters(self.policy), *self.value_model.parameters()])
 
     def _load_critic(self, path: Path) -> Any:
         from transformers import AutoModelForSequenceClassification
@@ -144,23 +166,24 @@ class PPOKL(Agent):
         cfg, shared = self.config, self.config.value_head == "shared"
         out = response_logprobs(self.policy, batch, cfg.temperature, self.task.vocab_size,
                                 output_hidden=shared, index=index)
-        if shared:
-            hidden = out.hidden  # (b, T, H)
-        else:
-            n_resp = batch.response_ids.shape[1]
-            hidden = self.value_model.base_model(**sequence_inputs(batch, index)).last_hidden_state
-            hidden = hidden[:, -n_resp - 1 : -1]  # (b, T, H): the states before each response token
-        head = self.value_model if shared else self.value_model.score
-        values = head(hidden).squeeze(-1)  # (b, T)
+        with autocast(self.device):  # bf16 hidden states on CUDA meet the head in autocast too
+            if shared:
+                hidden = out.hidden  # (b, T, H)
+            else:
+                n_resp = batch.response_ids.shape[1]
+                hidden = self.value_model.base_model(**sequence_inputs(batch, index)).last_hidden_state
+                hidden = hidden[:, -n_resp - 1 : -1]  # (b, T, H): the states before each response token
+            head = self.value_model if shared else self.value_model.score
+            values = head(hidden).squeeze(-1).float()  # (b, T)
         mask = batch.response_mask if index is None else batch.response_mask[index]
         return out, values * mask
 
     def _iteration(self) -> tuple[dict[str, float], int]:
-        cfg, vocab = self.config, self.task.vocab_size
+        cfg, vocab, dist = self.config, self.task.vocab_size, self.dist
 
-        # 1. Generate: every episode of the batch together, KV-cached, through the env.
-        batch = rollout(self.policy, self.env, temperature=cfg.temperature, seed=self._prompt_seed(),
-                        generator=self.generator)
+        # 1. Generate: every episode of the batch together, KV-cached, through the env
+        # (under torchrun: this rank's share, B = batch_size / world_size rows).
+        batch = self._generate()
         mask = batch.response_mask.float()  # (B, T)
         n = mask.shape[0]
 
@@ -182,42 +205,53 @@ class PPOKL(Agent):
         rewards = -beta * kl  # (B, T)
         rewards[torch.arange(n, device=self.device), batch.lengths - 1] += score
         if cfg.whiten_rewards:  # OAI: scale rewards, keep their sign (shift_mean=False)
-            rewards = masked_whiten(rewards, mask, shift_mean=False)
+            rewards = masked_whiten_global(rewards, mask, dist, shift_mean=False)
 
         # 5. GAE (gamma 1, lambda 0.95; nothing bootstrapped past the last token).
         advantages, returns = compute_gae(rewards, old_values, mask, cfg.gamma, cfg.lam)  # (B, T)
 
-        # 6. Whiten advantages, always (PPO_NOTES #9).
-        advantages = masked_whiten(advantages, mask)
+        # 6. Whiten advantages, always (PPO_NOTES #9); mean and variance over every rank's rows.
+        advantages = masked_whiten_global(advantages, mask, dist)
 
-        # 7. PPO epochs: minibatches reshuffled every epoch (OAI).
+        # 7. PPO epochs: minibatches reshuffled every epoch (OAI). The permutation is over the
+        # global batch (same generator seed on every rank); each rank backpropagates its own rows
+        # of a minibatch, divided by the minibatch's global token count, and the optimiser step
+        # sums gradients over ranks: N ranks take exactly the 1-process step.
+        tokens_per_row = all_gather_rows(batch.lengths, dist)  # (world * B,)
+        first = dist.rank * n  # global index of this rank's first row
         stats: dict[str, list[float]] = defaultdict(list)
         for _ in range(cfg.ppo_epochs):
-            order = torch.randperm(n, generator=self.generator, device=self.device)
-            for idx in order.chunk(cfg.num_minibatches):
-                new, values = self._forward(batch, idx)  # (b, T)
-                m, adv, ret, old_v = mask[idx], advantages[idx], returns[idx], old_values[idx]  # (b, T)
-                log_ratio = (new.logprobs - old.logprobs[idx]) * m  # (b, T)
-                ratio = log_ratio.exp()
-                pg_losses = -adv * ratio
-                pg_clipped = -adv * ratio.clamp(1 - cfg.cliprange, 1 + cfg.cliprange)
-                pg_loss = masked_mean(torch.max(pg_losses, pg_clipped), m)
-                # Value clipping around the old values (OAI, PPO_NOTES #11).
-                v_clipped = old_v + (values - old_v).clamp(-cfg.cliprange_value, cfg.cliprange_value)
-                vf_loss = 0.5 * masked_mean(torch.max((values - ret) ** 2, (v_clipped - ret) ** 2), m)
-                self._backward(pg_loss + cfg.vf_coef * vf_loss, "PPO loss")
-                stats["grad_norm"].append(self._optimizer_step())
-                with torch.no_grad():
-                    stats["policy_loss"].append(float(pg_loss))
-                    stats["value_loss"].append(float(vf_loss))
-                    stats["clipfrac"].append(float(masked_mean((pg_clipped > pg_losses).float(), m)))
-                    stats["value_clipfrac"].append(float(masked_mean(((values - v_clipped).abs() > 0).float(), m)))
-                    # k3 of the policy change: how far one update moved (CleanRL's approx_kl).
-                    stats["approx_kl"].append(float(masked_mean(ratio - 1 - log_ratio, m)))
+            order = torch.randperm(n * dist.world_size, generator=self.generator, device=self.device)
+            for rows in order.chunk(cfg.num_minibatches):
+                tokens = tokens_per_row[rows].sum().clamp(min=1)
+                idx = rows[(rows >= first) & (rows < first + n)] - first  # this rank's rows, local indices
+                parts = torch.zeros(len(UPDATE_STATS), device=self.device)
+                if len(idx):
+                    new, values = self._forward(batch, idx)  # (b, T)
+                    m, adv, ret, old_v = mask[idx], advantages[idx], returns[idx], old_values[idx]  # (b, T)
 
-        # 8. KL controller on the per-response KL sum, batch-averaged (PPO_NOTES #1, #3); log.
-        kl_per_response = float(kl.sum(1).mean())
-        self.kl_ctl.update(kl_per_response, n)
+                    log_ratio = (new.logprobs - old.logprobs[idx]) * m  # (b, T)
+                    ratio = log_ratio.exp()
+                    pg_losses = -adv * ratio
+                    pg_clipped = -adv * ratio.clamp(1 - cfg.cliprange, 1 + cfg.cliprange)
+                    pg_loss = _minibatch_mean(torch.max(pg_losses, pg_clipped), m, tokens)
+                    # Value clipping around the old values (OAI, PPO_NOTES #11).
+                    v_clipped = old_v + (values - old_v).clamp(-cfg.cliprange_value, cfg.cliprange_value)
+                    vf_loss = 0.5 * _minibatch_mean(torch.max((values - ret) ** 2, (v_clipped - ret) ** 2), m, tokens)
+                    self._backward(pg_loss + cfg.vf_coef * vf_loss, "PPO loss")
+                    with torch.no_grad():
+                        # approx_kl: k3 of the policy change, how far one update moved (CleanRL).
+                        parts = torch.stack([pg_loss, vf_loss,
+                                             _minibatch_mean((pg_clipped > pg_losses).float(), m, tokens),
+                                             _minibatch_mean(((values - v_clipped).abs() > 0).float(), m, tokens),
+                                             _minibatch_mean(ratio - 1 - log_ratio, m, tokens)])
+                stats["grad_norm"].append(self._optimizer_step())
+                for key, value in zip(UPDATE_STATS, all_reduce(parts, dist).tolist(), strict=True):
+                    stats[key].append(value)
+
+        # 8. KL controller on the per-response KL sum, batch-averaged over all ranks (PPO_NOTES #1, #3); log.
+        kl_per_response = float(all_reduce(kl.sum(1).mean(), dist)) / dist.world_size
+        self.kl_ctl.update(kl_per_response, n * dist.world_size)
         metrics = batch.metrics()
         metrics.update({key: float(np.mean(vals)) for key, vals in stats.items()})
         metrics.update(
@@ -230,7 +264,8 @@ class PPOKL(Agent):
             explained_variance=explained_variance(old_values, returns, mask),
             value_mean=float(masked_mean(old_values, mask)),
         )
-        return metrics, int(mask.sum())
+        metrics = reduce_metrics(metrics, dist, self.device)
+        return metrics, int(all_reduce(mask.sum(), dist))  # global timesteps: every rank stops together
 
     # ---- checkpoint extras -----------------------------------------------------------
     def _extra_state(self) -> dict[str, Any]:

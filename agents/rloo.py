@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from agents.base import Agent, PolicyArg, TrainConfig, config_cli
+from agents.lora import trainable_parameters
 from agents.ppo_utils import KLEstimator, kl_estimate, leave_one_out_advantages, masked_mean
-from agents.rollout import response_logprobs, rollout
+from agents.rollout import response_logprobs
 
 
 @dataclass
@@ -61,13 +62,12 @@ class RLOO(Agent):
         super().__init__(env, policy, config, reference)
 
     def _build(self, checkpoint: Any) -> None:
-        self._make_optimizer(list(self.policy.parameters()))
+        self._make_optimizer(trainable_parameters(self.policy))  # with LoRA: the adapters only
 
     def _iteration(self) -> tuple[dict[str, float], int]:
         cfg, vocab, k = self.config, self.task.vocab_size, self.config.rloo_k
         # 1. Generate k responses per prompt.
-        batch = rollout(self.policy, self.env, temperature=cfg.temperature, group_size=k,
-                        seed=self._prompt_seed(), generator=self.generator)
+        batch = self._generate(group_size=k)
         mask = batch.response_mask.float()  # (B, T)
         n = mask.shape[0]
 

@@ -10,6 +10,7 @@ log-probs all come from it, so they agree with each other exactly).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,8 @@ from text_env import Task, TextGenerationEnv, TextGenerationVectorEnv
 __all__ = [
     "ResponseOutput",
     "RolloutBatch",
+    "autocast",
+    "episode_uniforms",
     "make_rollout_env",
     "next_token_logprobs",
     "response_logprobs",
@@ -143,10 +146,36 @@ def next_token_logprobs(
     return logits.log_softmax(-1)
 
 
-def _pick(logp: torch.Tensor, deterministic: bool, generator: torch.Generator | None) -> torch.Tensor:
+def autocast(device: torch.device) -> AbstractContextManager[Any]:
+    """bf16 autocast on a CUDA device that supports it, a no-op elsewhere: one code path for CPU and GPU.
+
+    Log-probs stay float32 either way (:func:`next_token_logprobs` upcasts the logits).
+    """
+    enabled = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+SAMPLING_STREAM = 0x5A4D
+"""Mixed into an episode's seed so its sampling stream is independent of the env's prompt draws."""
+
+
+def episode_uniforms(seeds: Sequence[int], steps: int) -> np.ndarray:
+    """(len(seeds), steps) uniforms in [0, 1): episode ``i`` samples its tokens from ``seeds[i]`` alone.
+
+    An episode's tokens then depend on its own seed, not on which process, Ray worker or
+    batch row generated it: a batch split over workers or ranks samples what one process would.
+    """
+    return np.stack([np.random.default_rng([int(s), SAMPLING_STREAM]).random(steps) for s in seeds])
+
+
+def _pick(logp: torch.Tensor, deterministic: bool, uniform: torch.Tensor) -> torch.Tensor:
+    """A token per row: argmax, or inverse-CDF sampling from ``exp(logp)`` with one uniform ``(B,)`` per row."""
     if deterministic:
         return logp.argmax(-1)  # (B,)
-    return torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)  # (B,)
+    cdf = logp.double().exp().cumsum(-1)  # (B, V) float64: disallowed tokens add exactly 0
+    # Scale by the row's total so rounding can never point past the last allowed token.
+    token = torch.searchsorted(cdf, uniform[:, None] * cdf[:, -1:], right=True).squeeze(-1)  # (B,)
+    return token.clamp(max=logp.shape[-1] - 1)
 
 
 def _positions(mask: torch.Tensor) -> torch.Tensor:
@@ -199,13 +228,16 @@ def rollout(
         deterministic: greedy decoding instead of sampling.
         group_size: consecutive sub-envs share a prompt (k samples per prompt for RLOO, best-of-n).
         prompts: one prompt per group instead of the env's own draws.
-        seed: passed to ``env.reset`` (prompt draws).
-        generator: torch RNG for sampling.
+        seed: passed to ``env.reset`` (prompt draws); also seeds episode ``i``'s sampling with
+            ``seed + i`` (:func:`episode_uniforms`), so a rollout split over processes with
+            offset seeds samples the same tokens as one process.
+        generator: torch RNG for sampling when ``seed`` is None.
     """
     task: Task = env.unwrapped.task
     obs = _reset(env, seed, group_size, prompts)
     device = next(model.parameters()).device if model is not None else torch.device("cpu")
     n, max_new = env.num_envs, task.max_new_tokens
+    uniforms = None if seed is None else torch.from_numpy(episode_uniforms(range(seed, seed + n), max_new)).to(device)
     prompt_len = int(obs["attention_mask"].sum(1).max())
     prompt_ids = torch.from_numpy(obs["input_ids"][:, -prompt_len:]).to(device)  # (B, P)
     prompt_mask = torch.from_numpy(obs["attention_mask"][:, -prompt_len:]).to(device)  # (B, P)
@@ -215,8 +247,9 @@ def rollout(
     attention[:, :prompt_len] = prompt_mask
     position = _positions(prompt_mask)  # (B, P)
     if model is not None:
-        out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position,
-                    use_cache=True, logits_to_keep=1)
+        with autocast(device):
+            out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position,
+                        use_cache=True, logits_to_keep=1)
         logits = out.logits[:, -1]  # (B, V)
     else:
         logits = torch.zeros(n, task.vocab_size, device=device)  # (B, V): uniform
@@ -232,7 +265,11 @@ def rollout(
         allowed = torch.from_numpy(env.unwrapped.action_masks()).to(device) if masked else None  # (B, V)
         logp_all = next_token_logprobs(logits, temperature, task.vocab_size, allowed)  # (B, V)
         is_running = torch.tensor(running, device=device)  # (B,) a copy: `running` changes in place
-        token = torch.where(is_running, _pick(logp_all, deterministic, generator), pad)  # (B,)
+        if uniforms is not None:
+            u = uniforms[:, t]  # (B,)
+        else:
+            u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)  # (B,)
+        token = torch.where(is_running, _pick(logp_all, deterministic, u), pad)  # (B,)
         tokens.append(token)
         logps.append(logp_all.gather(-1, token[:, None]).squeeze(-1) * is_running)  # (B,)
         steps_running.append(is_running)
@@ -252,8 +289,9 @@ def rollout(
         # Feed only the new token; finished rows get the pad token, masked out (PPO_NOTES #6).
         attention[:, prompt_len + t] = is_running
         position = position + 1
-        out = model(input_ids=token[:, None], attention_mask=attention[:, : prompt_len + t + 1],
-                    position_ids=position[:, None], past_key_values=out.past_key_values, use_cache=True)
+        with autocast(device):
+            out = model(input_ids=token[:, None], attention_mask=attention[:, : prompt_len + t + 1],
+                        position_ids=position[:, None], past_key_values=out.past_key_values, use_cache=True)
         logits = out.logits[:, -1]  # (B, V)
     if running.any():
         raise RuntimeError(
@@ -298,8 +336,9 @@ def response_logprobs(
     rows = slice(None) if index is None else index
     response_ids, response_mask = batch.response_ids[rows], batch.response_mask[rows]  # (b, T)
     n_resp = response_ids.shape[1]
-    out = model(**sequence_inputs(batch, index), use_cache=False, output_hidden_states=output_hidden,
-                logits_to_keep=n_resp + 1)
+    with autocast(response_ids.device):
+        out = model(**sequence_inputs(batch, index), use_cache=False, output_hidden_states=output_hidden,
+                    logits_to_keep=n_resp + 1)
     allowed = None if batch.action_masks is None else batch.action_masks[rows]  # (b, T, V)
     # Position P-1+t predicts response token t; the last position predicts nothing.
     logp_all = next_token_logprobs(out.logits[:, :-1], temperature, vocab_size, allowed)  # (b, T, V)
@@ -338,11 +377,13 @@ def sample_next_token(
     keep = int(mask.sum(1).max())  # right-aligned: drop all-padding columns on the left
     ids_t = torch.as_tensor(ids[:, -keep:], dtype=torch.long, device=device)  # (N, L)
     mask_t = torch.as_tensor(mask[:, -keep:], dtype=torch.long, device=device)  # (N, L)
-    logits = model(input_ids=ids_t, attention_mask=mask_t, position_ids=_positions(mask_t),
-                   use_cache=False, logits_to_keep=1).logits[:, -1]  # (N, V)
+    with autocast(device):
+        logits = model(input_ids=ids_t, attention_mask=mask_t, position_ids=_positions(mask_t),
+                       use_cache=False, logits_to_keep=1).logits[:, -1]  # (N, V)
     allowed = None
     if action_masks is not None:
         allowed = torch.as_tensor(np.asarray(action_masks, dtype=bool).reshape(len(ids), -1), device=device)
-    action = _pick(next_token_logprobs(logits, temperature, vocab_size, allowed), deterministic, generator)
+    uniform = torch.rand(len(ids), generator=generator, device=device, dtype=torch.float64)  # (N,)
+    action = _pick(next_token_logprobs(logits, temperature, vocab_size, allowed), deterministic, uniform)
     action = action.cpu().numpy()  # (N,)
     return action[0] if single else action

@@ -8,7 +8,12 @@
 3. policy: a tiny GPT-2 pretrained on the training entries (``agents.sft`` with an empty
    prompt), then fine-tuned on demonstrations made from the same entries (prompt = the
    opening words, response = the rest, ending with EOS); saved in float16.
-4. prompts: the opening words of held-out entries; a model card records everything.
+4. prompts: the opening words of held-out entries.
+5. reward model (RLHF step 2 on simulated feedback, ``rlhf_gym.feedback``): K samples of the
+   SFT policy per prompt (openings of training entries), ranked by a simulated labeler,
+   a Bradley-Terry model trained from the policy's backbone; saved in float16. The SFT
+   baseline (proxy and gold score on evaluation prompts) is measured with it, and a
+   model card records everything.
 
 Run it as ``rlhf-gym build-defaults`` or ``python -m rlhf_gym.build_defaults``. The
 intermediate runs live in ``--work-dir``; re-running after an interruption resumes them.
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import hashlib
 import json
 import os
 import platform
@@ -31,13 +37,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from agents.lm import load_policy
 from agents.sft import SFTConfig, SFTResult, train_sft
+from reward_models import HFRewardModel, UpbeatGoldScorer
 from reward_models.config_cli import add_config_args, config_from_args
 from reward_models.io import save_dir_atomic, write_json_atomic, write_jsonl_atomic
-from text_env.defaults import ASSETS_DIR, interim_reward_model
+from rlhf_gym.feedback import FeedbackConfig, simulated_feedback
+from text_env.defaults import ASSETS_DIR
+from text_env.prompts import load_prompts
 
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
@@ -101,6 +111,18 @@ class BuildConfig:
     """Steps between validation evaluations (and checkpoints)."""
     n_baseline_prompts: int = 200
     """Evaluation prompts sampled to record the SFT policy's baseline score."""
+    stage: str = "all"
+    """"all" builds everything; "reward-model" rebuilds only step 5 from the shipped policy."""
+    rm_prompts: int = 2000
+    """Training entries whose openings are the prompts of the reward model's feedback."""
+    rm_k: int = 4
+    """SFT samples per feedback prompt, ranked together."""
+    rm_labeler_temperature: float = 0.2
+    """Noise of the simulated labeler (Bradley-Terry temperature on the gold score)."""
+    rm_lr: float = 3e-4
+    """Peak learning rate of the reward model."""
+    rm_epochs: int = 1
+    """Passes over the rankings."""
     num_threads: int = 2
     """CPU threads for torch."""
     progress: bool = True
@@ -240,13 +262,39 @@ def _train(config: BuildConfig, name: str, model: Path, steps: int, lr: float, *
 
 # ---- everything -----------------------------------------------------------------------------
 def build_defaults(config: BuildConfig) -> dict[str, Any]:
-    """Build every default asset into ``config.out``; returns the model card (also saved there)."""
+    """Build the default assets into ``config.out``; returns the model card (also saved there).
+
+    ``stage="reward-model"`` keeps the shipped tokenizer, policy and prompts and rebuilds
+    only the reward model and the baseline it measures.
+    """
     start = time.time()
     torch.set_num_threads(config.num_threads)
     out, work = Path(config.out), Path(config.work_dir)
-    _claim_work_dir(work, config)
+    if config.stage not in ("all", "reward-model"):
+        raise ValueError(f"--stage {config.stage!r}: choose 'all' or 'reward-model'.")
+    splits, corpus_stats, rng = split_corpus(config)
+    if config.stage == "all":
+        _claim_work_dir(work, _settings(config, reward_model=False))
+        card = build_policy(config, splits, corpus_stats, rng)
+        card["policy_build_seconds"] = round(time.time() - start, 1)
+    else:
+        card = json.loads(_asset_file(out, "model_card.json").read_text(encoding="utf-8"))
+    rm_start = time.time()
+    card["reward_model"], card["baseline"] = build_reward_model(config, splits)
+    card["reward_model"]["build_seconds"] = round(time.time() - rm_start, 1)
+    card["build_seconds"] = round(card["policy_build_seconds"] + card["reward_model"]["build_seconds"], 1)
+    card["asset_bytes"] = {p.name: _size(p) for p in sorted(out.iterdir()) if not p.name.startswith(".")}
+    write_json_atomic(out / "model_card.json", card)
+    (out / "MODEL_CARD.md").write_text(model_card_markdown(card), encoding="utf-8")
+    return card
 
-    # 1. Corpus and seeded split: held-out prompt entries never reach training.
+
+def split_corpus(config: BuildConfig) -> tuple[dict[str, list[str]], dict[str, Any], random.Random]:
+    """Step 1: the corpus and its seeded split; held-out prompt entries never reach training.
+
+    Returns the splits, corpus statistics and the seeded RNG, which the policy stage goes
+    on drawing prompt openings from (so a rebuild reproduces the shipped prompts).
+    """
     root = ensure_corpus(config.corpus)
     entries, corpus_stats = read_fortunes(root, config)
     rng = random.Random(config.seed)
@@ -257,14 +305,25 @@ def build_defaults(config: BuildConfig) -> dict[str, Any]:
             f"{root}: {len(entries)} usable entries, but --n-prompts, --n-eval-prompts and --n-val take "
             f"{n_held}; lower them or use a bigger corpus."
         )
-    prompt_entries = entries[: config.n_prompts]
-    eval_entries = entries[config.n_prompts : config.n_prompts + config.n_eval_prompts]
-    val_entries = entries[config.n_prompts + config.n_eval_prompts : n_held]
-    train_entries = entries[n_held:]
+    splits = {
+        "prompts": entries[: config.n_prompts],
+        "eval": entries[config.n_prompts : config.n_prompts + config.n_eval_prompts],
+        "val": entries[config.n_prompts + config.n_eval_prompts : n_held],
+        "train": entries[n_held:],
+    }
     corpus_stats.update(
-        corpus=str(root), train=len(train_entries), val=len(val_entries),
-        prompts=len(prompt_entries), eval_prompts=len(eval_entries),
+        corpus=str(root), train=len(splits["train"]), val=len(splits["val"]),
+        prompts=len(splits["prompts"]), eval_prompts=len(splits["eval"]),
     )
+    return splits, corpus_stats, rng
+
+
+def build_policy(
+    config: BuildConfig, splits: dict[str, list[str]], corpus_stats: dict[str, Any], rng: random.Random
+) -> dict[str, Any]:
+    """Steps 2-4: tokenizer, pretrained and fine-tuned policy, prompt sets; returns the card so far."""
+    out, work = Path(config.out), Path(config.work_dir)
+    train_entries, val_entries = splits["train"], splits["val"]
 
     # 2. Tokenizer.
     tokenizer = train_tokenizer(train_entries, config.vocab_size)
@@ -277,8 +336,8 @@ def build_defaults(config: BuildConfig) -> dict[str, Any]:
     for name, rows in (("sft", train_entries), ("sft_val", val_entries)):
         split = [opening(e, rng, config) for e in rows]
         write_jsonl_atomic(work / f"{name}.jsonl", [{"prompt": p, "response": r} for p, r in split])
-    prompts = [{"prompt": opening(e, rng, config)[0]} for e in prompt_entries]
-    eval_prompts = [{"prompt": opening(e, rng, config)[0]} for e in eval_entries]
+    prompts = [{"prompt": opening(e, rng, config)[0]} for e in splits["prompts"]]
+    eval_prompts = [{"prompt": opening(e, rng, config)[0]} for e in splits["eval"]]
 
     init_dir = work / "init"
     if not (init_dir / "config.json").is_file():
@@ -290,13 +349,12 @@ def build_defaults(config: BuildConfig) -> dict[str, Any]:
 
         save_dir_atomic(init_dir, write_init)
     pretrain = _train(config, "pretrain", init_dir, config.pretrain_steps, config.pretrain_lr)
-    baseline_prompts = [p["prompt"] for p in eval_prompts[: config.n_baseline_prompts]]
     sft = _train(
         config, "sft", Path(pretrain.model_dir), config.sft_steps, config.sft_lr,
-        scorer=interim_reward_model(), prompts=baseline_prompts,
+        scorer=UpbeatGoldScorer(), prompts=[p["prompt"] for p in eval_prompts[: config.n_baseline_prompts]],
     )
 
-    # 4. Ship: float16 policy with its tokenizer, the prompt sets and the model card.
+    # 4. Ship: float16 policy with its tokenizer, the prompt sets.
     policy, policy_tokenizer = load_policy(sft.model_dir, device="cpu")
 
     def write_policy(tmp: Path) -> None:
@@ -306,10 +364,8 @@ def build_defaults(config: BuildConfig) -> dict[str, Any]:
     save_dir_atomic(out / "policy", write_policy)
     write_jsonl_atomic(out / "prompts.jsonl", prompts)
     write_jsonl_atomic(out / "eval_prompts.jsonl", eval_prompts)
-
-    card = {
+    return {
         "built_with": f"rlhf-gym build-defaults (seed {config.seed})",
-        "build_seconds": round(time.time() - start, 1),
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "transformers": _version()},
         "config": asdict(config),
         "corpus": corpus_stats,
@@ -322,27 +378,85 @@ def build_defaults(config: BuildConfig) -> dict[str, Any]:
         },
         "pretrain": _run_summary(pretrain),
         "sft": _run_summary(sft),
-        "baseline": {
-            "reward": "VADER compound sentiment of the response (interim reward, text_env.defaults)",
-            "prompts": len(baseline_prompts),
-            "mean_score": sft.mean_score,
-        },
         "samples": sft.samples,
-        "asset_bytes": {p.name: _size(p) for p in sorted(out.iterdir()) if not p.name.startswith(".")},
     }
-    write_json_atomic(out / "model_card.json", card)
-    (out / "MODEL_CARD.md").write_text(model_card_markdown(card), encoding="utf-8")
-    return card
 
 
-def _claim_work_dir(work: Path, config: BuildConfig) -> None:
-    """Use ``work`` for this build; refuse one holding runs of a build with other settings.
+def build_reward_model(config: BuildConfig, splits: dict[str, list[str]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Step 5: the default reward model from simulated feedback, and the SFT baseline it measures.
 
-    Everything a resumed build reuses (initial model, finished runs) must come from the
-    same settings; only where the assets go, threads and progress bars may change.
+    Feedback prompts are openings of training entries (a separate seeded draw), so the
+    task's prompt sets stay unseen. Returns the reward model's record and the baseline.
     """
-    settings = {k: v for k, v in asdict(config).items() if k not in ("out", "num_threads", "progress")}
+    from transformers import AutoModelForSequenceClassification
+
+    from rlhf_gym.collect import sample_groups
+    from text_env.defaults import default_task
+
+    out = Path(config.out)
+    policy_dir = _asset_file(out, "policy")
+    rm_work = Path(config.work_dir) / "feedback"
+    _claim_work_dir(rm_work, _settings(config, reward_model=True) | {"policy_sha256": _sha256(policy_dir)})
+    opener = random.Random(config.seed + 1)
+    prompts = [opening(e, opener, config)[0] for e in splits["train"][: config.rm_prompts]]
+    window = min(32, config.context // 2)  # the default task's 32 + 32 tokens, or what the context holds
+    record = simulated_feedback(policy_dir, prompts, rm_work, FeedbackConfig(
+        k=config.rm_k, labeler_temperature=config.rm_labeler_temperature, lr=config.rm_lr,
+        epochs=config.rm_epochs, seed=config.seed, progress=config.progress,
+        max_new_tokens=window, max_prompt_tokens=window,
+    ))
+    trained = rm_work / "reward_model"
+    model = AutoModelForSequenceClassification.from_pretrained(trained, dtype=torch.float32)
+
+    def write_rm(tmp: Path) -> None:
+        model.to(torch.float16).save_pretrained(tmp)
+        load_policy(policy_dir, device="cpu")[1].save_pretrained(tmp)
+        shutil.copy2(trained / "reward_normalisation.json", tmp / "reward_normalisation.json")
+
+    save_dir_atomic(out / "reward_model", write_rm)
+    record["parameters"] = sum(p.numel() for p in model.parameters())
+    record["stored_dtype"] = "float16"
+
+    # The baseline RL must beat: the SFT policy's proxy and gold scores on evaluation prompts.
+    eval_prompts = load_prompts(out / "eval_prompts.jsonl")[: config.n_baseline_prompts]
+    task = default_task(model=policy_dir, prompts=eval_prompts, reward_model=HFRewardModel(out / "reward_model"),
+                        max_new_tokens=window, max_prompt_tokens=window)
+    policy = load_policy(policy_dir)[0]
+    infos = [info for batch in sample_groups(policy, task, eval_prompts, 1, seed=config.seed,
+                                             progress=config.progress, desc="baseline")
+             for info in batch.infos]
+    baseline = {
+        "prompts": len(infos),
+        "mean_proxy_score": round(float(np.mean([i["score"] for i in infos])), 4),
+        "mean_gold_score": round(float(np.mean([i["gold_score"] for i in infos])), 4),
+        "mean_response_tokens": round(float(np.mean([i["response_length"] for i in infos])), 2),
+        "max_new_tokens": window,
+    }
+    return record, baseline
+
+
+def _settings(config: BuildConfig, reward_model: bool) -> dict[str, Any]:
+    """The settings a resumed stage must share with the runs it reuses.
+
+    The policy stage depends on everything but where assets go, threads, progress bars
+    and the reward-model fields; the reward-model stage on the split and its own fields.
+    """
+    settings = {k: v for k, v in asdict(config).items() if k not in ("out", "num_threads", "progress", "stage")}
     settings["skip_files"] = list(settings["skip_files"])
+    rm_fields = {k for k in settings if k.startswith("rm_")}
+    if reward_model:
+        keep = rm_fields | {"seed", "corpus", "skip_files", "min_letter_fraction", "min_chars", "max_chars",
+                            "n_val", "n_prompts", "n_eval_prompts", "min_prompt_words", "max_prompt_words"}
+        return {k: settings[k] for k in sorted(keep)}
+    return {k: v for k, v in settings.items() if k not in rm_fields}
+
+
+def _claim_work_dir(work: Path, settings: dict[str, Any]) -> None:
+    """Use ``work`` for this stage; refuse one holding runs made with other settings.
+
+    Everything a resumed build reuses (initial model, finished runs, sampled feedback)
+    must come from the same settings.
+    """
     marker = work / "build_config.json"
     if marker.is_file():
         saved = json.loads(marker.read_text())
@@ -353,6 +467,20 @@ def _claim_work_dir(work: Path, config: BuildConfig) -> None:
                 "or pass a new --work-dir."
             )
     write_json_atomic(marker, settings)
+
+
+def _asset_file(out: Path, name: str) -> Path:
+    path = out / name
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing; build everything first with `rlhf-gym build-defaults`.")
+    return path
+
+
+def _sha256(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for f in sorted(folder.glob("*.safetensors")):
+        digest.update(f.read_bytes())
+    return digest.hexdigest()
 
 
 def _run_summary(result: SFTResult) -> dict[str, Any]:
@@ -377,12 +505,13 @@ def _size(path: Path) -> int:
 def model_card_markdown(card: dict[str, Any]) -> str:
     """The model card as a Markdown section (for ``MODEL_CARD.md`` and the README)."""
     c, m, t = card["corpus"], card["model"], card["tokenizer"]
+    r, b = card["reward_model"], card["baseline"]
     pre, sft = card["pretrain"], card["sft"]
     rows = "\n".join(
         f"| {s['prompt']!r} | {s['response']!r} | {s['score']:+.3f} |" for s in card["samples"]
     )
     size_mb = sum(card["asset_bytes"].values()) / 1e6
-    return f"""## The default policy (`text_env/assets/default/`)
+    return f"""## The default assets (`text_env/assets/default/`)
 
 Built by `{card['built_with']}` in {card['build_seconds'] / 60:.1f} minutes
 (torch {card['versions']['torch']}, transformers {card['versions']['transformers']}).
@@ -402,9 +531,18 @@ Built by `{card['built_with']}` in {card['build_seconds'] / 60:.1f} minutes
   validation loss {pre['val_loss']:.3f} nats/token, perplexity {pre['val_perplexity']:.1f}.
 - **SFT** (prompt = an entry's first 2-6 words, response = the rest + EOS): {sft['steps']} steps,
   best at step {sft['best_step']}; validation loss {sft['val_loss']:.3f}, perplexity {sft['val_perplexity']:.1f}.
-- **Baseline** ({card['baseline']['prompts']} evaluation prompts, pure sampling, 32 new tokens):
-  mean score {card['baseline']['mean_score']:+.3f} under the {card['baseline']['reward']}.
-  RL must beat this.
+- **Reward model** (RLHF step 2, simulated feedback): {r['prompts']} prompts (openings of training
+  entries) x {r['config']['k']} SFT samples, ranked by a simulated labeler (upbeat-text gold scorer,
+  Bradley-Terry temperature {r['config']['labeler_temperature']}); GPT2ForSequenceClassification from the
+  policy's backbone, {r['train_steps']} steps, 1 epoch over {r['train_rankings']} rankings; stored in float16.
+  Held-out pairwise accuracy **{r['val_accuracy']:.3f}** against the ceiling **{r['ceiling_labeler_agreement']:.3f}**
+  (agreement of two independent simulated labelers on the same {r['val_rankings']} rankings; the noise-free gold
+  scorer agrees with the labels on {r['gold_vs_labels_agreement']:.3f}). Spearman correlation with the gold score on
+  {r['heldout_samples']} held-out SFT samples: **{r['spearman_vs_gold']:.3f}**. Scores are normalised to mean 0,
+  std 1 on SFT samples.
+- **Baseline** ({b['prompts']} evaluation prompts, pure sampling, at most {b['max_new_tokens']} new tokens):
+  mean proxy (reward-model) score {b['mean_proxy_score']:+.3f}, mean gold score {b['mean_gold_score']:+.3f}, {b['mean_response_tokens']:.1f}
+  tokens a response. RL must beat this.
 - **Size**: {size_mb:.1f} MB of assets. Seed {card['config']['seed']}.
 
 Five samples of the SFT policy (evaluation prompts, temperature 1):
@@ -438,7 +576,8 @@ def cli(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, subprocess.CalledProcessError) as e:
         print(f"rlhf-gym build-defaults: {e}", file=sys.stderr)
         return 1
-    print(json.dumps({k: card[k] for k in ("build_seconds", "pretrain", "sft", "baseline", "asset_bytes")}, indent=2))
+    summary = ("build_seconds", "pretrain", "sft", "reward_model", "baseline", "asset_bytes")
+    print(json.dumps({k: card[k] for k in summary}, indent=2))
     return 0
 
 

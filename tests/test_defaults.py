@@ -14,6 +14,7 @@ from safetensors import safe_open
 
 import text_env  # noqa: F401  (registers the environments)
 from agents.lm import load_policy
+from reward_models import HFRewardModel, UpbeatGoldScorer
 from reward_models.io import DataError
 from rlhf_gym.build_defaults import BuildConfig, build_defaults, model_card_markdown
 from rlhf_gym.build_defaults import cli as build_cli
@@ -23,9 +24,10 @@ from text_env.defaults import (
     default_eval_prompts_path,
     default_policy_path,
     default_prompts_path,
+    default_reward_model,
+    default_reward_model_path,
     default_task,
     default_tokenizer_path,
-    vader_sentiment,
 )
 from text_env.prompts import load_prompts
 
@@ -72,8 +74,9 @@ def test_default_policy_loads_offline_and_generates():
 def test_default_assets_fit_the_budget_and_are_float16():
     size = sum(p.stat().st_size for p in ASSETS_DIR.rglob("*") if p.is_file())
     assert size < 20e6
-    with safe_open(str(default_policy_path() / "model.safetensors"), "pt") as f:
-        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
+    for folder in (default_policy_path(), default_reward_model_path()):
+        with safe_open(str(folder / "model.safetensors"), "pt") as f:
+            assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
     card = json.loads((ASSETS_DIR / "model_card.json").read_text())
     assert len(card["samples"]) == 5 and card["sft"]["val_perplexity"] > 1
     assert model_card_markdown(card) == (ASSETS_DIR / "MODEL_CARD.md").read_text()
@@ -85,14 +88,23 @@ def test_shipped_prompt_sets_are_disjoint_and_held_out():
     assert all(1 <= len(p.split()) <= 6 for p in prompts + eval_prompts)
 
 
-def test_default_env_scores_sampled_responses_with_the_interim_reward():
+def test_default_env_scores_sampled_responses_with_the_shipped_reward_model():
     env = gym.make("RLHFText-v0", max_new_tokens=12)
     model, tok = load_policy(default_policy_path(), device="cpu")
     assert env.action_space.n == len(tok)
     info = sample_episode(env, model, torch.Generator().manual_seed(0))
     assert info["prompt"] in load_prompts(default_prompts_path())
-    assert info["reward"] == pytest.approx(vader_sentiment(info["prompt"], info["response"]))
+    rm = HFRewardModel(default_reward_model_path())
+    assert info["reward"] == pytest.approx(rm.score([info["prompt"]], [info["response"]])[0], abs=1e-5)
+    assert info["gold_score"] == pytest.approx(UpbeatGoldScorer().score([info["prompt"]], [info["response"]])[0])
     assert 1 <= info["response_length"] <= 12
+    assert default_reward_model() is default_reward_model()  # loaded once, shared by every env
+
+
+def test_default_reward_model_prefers_upbeat_finished_text():
+    rm = default_reward_model()
+    good, bad = rm.score(["Life is"] * 2, [" a wonderful gift, enjoy it!", " the the the the the the"])
+    assert good > bad
 
 
 def test_default_task_options(tmp_path):
@@ -175,6 +187,7 @@ def test_build_defaults_on_a_tiny_corpus(tmp_path):
         out=str(tmp_path / "assets"), work_dir=str(tmp_path / "work"), corpus=str(corpus), n_val=10,
         n_prompts=8, n_eval_prompts=8, vocab_size=300, n_layer=1, n_embd=16, n_head=2, context=32,
         batch_size=8, pretrain_steps=30, sft_steps=10, eval_interval=10, n_baseline_prompts=4, num_threads=1,
+        rm_prompts=24, rm_k=3,
     )
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
     assert build_cli([*flags, "--no-progress"]) == 0
@@ -201,10 +214,22 @@ def test_build_defaults_on_a_tiny_corpus(tmp_path):
     assert len(held_out) == 8 + 8 + 10
     sft_rows = [json.loads(line) for line in (tmp_path / "work" / "sft.jsonl").read_text().splitlines()]
     assert {r["prompt"] + r["response"] for r in sft_rows} == set(trained)
-    assert "## The default policy" in (assets / "MODEL_CARD.md").read_text()
+    assert "## The default assets" in (assets / "MODEL_CARD.md").read_text()
+    # Step 5: a reward model from simulated feedback, shipped in float16, and the baseline it measures.
+    rm_card = card["reward_model"]
+    assert rm_card["prompts"] == 24 and rm_card["train_rankings"] + rm_card["val_rankings"] <= 24
+    assert 0 <= rm_card["val_accuracy"] <= 1 and 0 <= rm_card["ceiling_labeler_agreement"] <= 1
+    rm = HFRewardModel(assets / "reward_model")
+    assert rm.score(["happy"], [" days bring joy."]).shape == (1,)
+    assert set(card["baseline"]) >= {"mean_proxy_score", "mean_gold_score"} and card["baseline"]["prompts"] == 4
 
     # Same settings again: everything is reused, the same card numbers come out.
     again = build_defaults(config)
     assert again["sft"] == card["sft"] and again["pretrain"] == card["pretrain"]
+    assert again["reward_model"]["val_accuracy"] == rm_card["val_accuracy"]
+    only_rm = build_defaults(BuildConfig(**{**config.__dict__, "stage": "reward-model"}))
+    assert only_rm["pretrain"] == card["pretrain"] and only_rm["baseline"] == card["baseline"]
+    with pytest.raises(ValueError, match="other settings .*rm_lr"):
+        build_defaults(BuildConfig(**{**config.__dict__, "rm_lr": 1e-3}))
     with pytest.raises(ValueError, match="other settings .*vocab_size"):
         build_defaults(BuildConfig(**{**config.__dict__, "vocab_size": 280}))

@@ -11,9 +11,8 @@ import os
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
-from typing import Any
 
-from reward_models import FunctionRewardModel, RewardModel
+from reward_models import RewardModel, UpbeatGoldScorer
 from reward_models.hf import load_tokenizer
 from text_env.prompts import load_prompts
 from text_env.task import Task
@@ -53,26 +52,22 @@ def default_eval_prompts_path() -> Path:
     return _asset("eval_prompts.jsonl")
 
 
+def default_reward_model_path() -> Path:
+    """The default reward model's folder: a Bradley-Terry ``AutoModelForSequenceClassification``."""
+    return _asset("reward_model")
+
+
 @cache
-def _vader() -> Any:
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+def default_reward_model() -> RewardModel:
+    """The shipped reward model, loaded once per process and shared by every default env.
 
-    return SentimentIntensityAnalyzer()
-
-
-def vader_sentiment(prompt: str, response: str) -> float:
-    """VADER compound sentiment of the response alone, in [-1, 1]; the prompt is ignored."""
-    return float(_vader().polarity_scores(response)["compound"])
-
-
-def interim_reward_model() -> RewardModel:
-    """INTERIM reward of the default task: VADER positivity of the response.
-
-    A stand-in until the trained Bradley-Terry reward model ships with the default
-    assets; it is the simulated labeler's own notion of "good", so it is a gold score,
-    not a learned one.
+    Trained by ``rlhf-gym build-defaults`` on simulated rankings of SFT samples (the
+    labeler prefers upbeat, finished, non-repetitive text); its scores are normalised
+    to mean 0, std 1 on SFT samples.
     """
-    return FunctionRewardModel(vader_sentiment, name="vader_sentiment (interim default reward)")
+    from reward_models import HFRewardModel
+
+    return HFRewardModel(default_reward_model_path())
 
 
 def default_task(
@@ -80,6 +75,7 @@ def default_task(
     model: str | os.PathLike[str] | None = None,
     prompts: str | os.PathLike[str] | Sequence[str] | None = None,
     reward_model: RewardModel | None = None,
+    gold_scorer: RewardModel | None = None,
     max_new_tokens: int = 32,
     max_prompt_tokens: int = 32,
     missing_eos_penalty: float = 0.0,
@@ -92,7 +88,9 @@ def default_task(
             replaces the default one, so that model can act as the policy.
         prompts: a JSONL file of ``{"prompt": str}`` rows, or a list of prompts;
             default: the shipped prompts (opening words of fortunes).
-        reward_model: scores responses; default: :func:`interim_reward_model`.
+        reward_model: scores responses; default: :func:`default_reward_model`.
+        gold_scorer: the true objective reported as ``info["gold_score"]``; default:
+            :class:`reward_models.UpbeatGoldScorer`, the simulated labelers' own scorer.
         max_new_tokens: response length cap.
         max_prompt_tokens: prompt part of the observation window.
         missing_eos_penalty: subtracted when a response hits the length cap.
@@ -108,7 +106,8 @@ def default_task(
     return Task(
         prompts=prompt_list,
         tokenizer=tokenizer,
-        reward_model=reward_model if reward_model is not None else interim_reward_model(),
+        reward_model=reward_model if reward_model is not None else default_reward_model(),
+        gold_scorer=gold_scorer if gold_scorer is not None else UpbeatGoldScorer(),
         max_new_tokens=max_new_tokens,
         max_prompt_tokens=max_prompt_tokens,
         missing_eos_penalty=missing_eos_penalty,

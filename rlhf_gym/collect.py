@@ -1,0 +1,153 @@
+"""``rlhf-gym collect``: sample K responses per prompt from a policy, the input of labeling.
+
+Writes one ``{"prompt": str, "responses": [K texts]}`` row per prompt (atomically), the
+collection format that the labeling page (``rlhf-gym label serve --items``) and
+``rlhf-gym simulate-labels`` read. Sampling goes through the env: a
+``TextGenerationVectorEnv`` with autoreset disabled, K consecutive sub-envs per prompt,
+one KV-cached forward pass per token (``agents.rollout.rollout``).
+
+    rlhf-gym collect --k 4 --n-prompts 64 --out collection.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from gymnasium.vector import AutoresetMode
+from tqdm.auto import tqdm
+
+from agents.rollout import RolloutBatch, rollout
+from reward_models import FunctionRewardModel
+from reward_models.config_cli import add_config_args, config_from_args
+from reward_models.io import DataError, write_jsonl_atomic
+from text_env import Task, TextGenerationVectorEnv
+
+__all__ = ["CollectConfig", "collect", "sample_groups", "unscored"]
+
+
+@dataclass
+class CollectConfig:
+    """What ``rlhf-gym collect`` samples; each field is also a ``--flag``."""
+
+    out: str
+    """Collection JSONL to write: one {"prompt", "responses": [...]} row per prompt."""
+    policy: str | None = None
+    """Causal-LM folder to sample from (its own tokenizer is used); default: the embedded default policy."""
+    prompts: str | None = None
+    """Prompt JSONL ({"prompt": str} per line); default: the embedded default prompts."""
+    k: int = 4
+    """Responses per prompt (the labeling page ranks K >= 2)."""
+    n_prompts: int | None = None
+    """Use the first N prompts of the file; default: all of them."""
+    batch_size: int = 64
+    """Episodes sampled together (rounded down to a multiple of k)."""
+    temperature: float = 1.0
+    """Sampling temperature (1: the policy's own distribution)."""
+    max_new_tokens: int = 32
+    """Response length cap in tokens."""
+    seed: int = 0
+    """Seeds the sampling."""
+    device: str = "auto"
+    """Torch device: auto (CUDA if present, else CPU), cpu, cuda:0..."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or self.batch_size < self.k:
+            raise ValueError(f"--k {self.k} must be >= 1 and --batch-size {self.batch_size} >= k.")
+        if self.n_prompts is not None and self.n_prompts < 1:
+            raise ValueError(f"--n-prompts {self.n_prompts} must be >= 1 (or left out for all prompts).")
+        if self.temperature <= 0:
+            raise ValueError(f"--temperature {self.temperature} must be > 0.")
+
+
+def unscored() -> FunctionRewardModel:
+    """A constant-0 reward model: sampling for labeling needs no scores, so none are computed."""
+    return FunctionRewardModel(lambda prompt, response: 0.0, name="unscored (collection)")
+
+
+def sample_groups(
+    model: Any,
+    task: Task,
+    prompts: Sequence[str],
+    k: int,
+    *,
+    batch_size: int = 64,
+    temperature: float = 1.0,
+    seed: int = 0,
+    progress: bool = True,
+    desc: str = "sampling",
+) -> Iterator[RolloutBatch]:
+    """Sample ``k`` responses to each prompt, ``batch_size // k`` prompts per rollout batch.
+
+    Yields one :class:`RolloutBatch` per chunk of prompts, rows in prompt order with the
+    ``k`` samples of a prompt consecutive. Deterministic given ``seed``.
+    """
+    if k < 1 or batch_size < k:
+        raise ValueError(f"k={k} must be >= 1 and batch_size={batch_size} >= k.")
+    per_batch = batch_size // k
+    device = next(model.parameters()).device if model is not None else torch.device("cpu")
+    generator = torch.Generator(device).manual_seed(seed)
+    envs: dict[int, TextGenerationVectorEnv] = {}
+    with tqdm(total=len(prompts) * k, desc=desc, unit="ep", disable=not progress) as bar:
+        for start in range(0, len(prompts), per_batch):
+            chunk = list(prompts[start : start + per_batch])
+            n = len(chunk) * k
+            if n not in envs:  # the last chunk may be smaller
+                envs[n] = TextGenerationVectorEnv(task, n, autoreset_mode=AutoresetMode.DISABLED)
+            yield rollout(model, envs[n], temperature=temperature, group_size=k, prompts=chunk,
+                          seed=seed + start, generator=generator)
+            bar.update(n)
+    for env in envs.values():
+        env.close()
+
+
+def collect(config: CollectConfig) -> list[dict[str, Any]]:
+    """Sample as ``config`` says and write the collection JSONL; returns its rows."""
+    from agents.base import quiet_transformers
+    from agents.lm import load_causal_lm
+    from text_env.defaults import default_policy_path, default_prompts_path, default_task
+    from text_env.prompts import load_prompts
+
+    prompts = load_prompts(config.prompts or default_prompts_path())[: config.n_prompts]
+    task = default_task(model=config.policy, prompts=prompts, reward_model=unscored(),
+                        max_new_tokens=config.max_new_tokens)
+    with quiet_transformers():
+        model = load_causal_lm(config.policy or default_policy_path(), device=config.device)
+    rows = []
+    for batch in sample_groups(model, task, prompts, config.k, batch_size=config.batch_size,
+                               temperature=config.temperature, seed=config.seed, progress=config.progress,
+                               desc="collect"):
+        for g in range(0, len(batch.infos), config.k):
+            group = batch.infos[g : g + config.k]
+            rows.append({"prompt": group[0]["prompt"], "responses": [info["response"] for info in group]})
+    write_jsonl_atomic(config.out, rows)
+    return rows
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    """``rlhf-gym collect``: sample K responses per prompt into a collection JSONL."""
+    parser = argparse.ArgumentParser(
+        prog="rlhf-gym collect",
+        description="Sample K responses per prompt from a policy, for the labeling page or simulate-labels.",
+    )
+    add_config_args(parser, CollectConfig)
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(CollectConfig, args)
+        rows = collect(config)
+    except (DataError, ValueError, OSError) as e:
+        print(f"rlhf-gym collect: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(rows)} prompts x {config.k} responses to {os.fspath(config.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

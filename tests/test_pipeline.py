@@ -1,0 +1,172 @@
+"""The main job: `rlhf-gym collect`, the pipeline end to end with a tiny budget, its resumption, the report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+from agents import PPOKL
+from reward_models import load_collection
+from rlhf_gym import collect, pipeline, report
+from rlhf_gym.pipeline import Pipeline, PipelineConfig, _best_of
+
+
+def default_assets_or_skip() -> None:
+    from text_env.defaults import default_policy_path, default_task
+
+    try:
+        default_policy_path()
+        default_task()
+    except FileNotFoundError as e:
+        pytest.skip(f"no embedded default assets: {e}")
+
+
+def tiny(out, **overrides) -> PipelineConfig:
+    """A pipeline run of seconds: 4 evaluation prompts, best-of-4, a few iterations per agent."""
+    options = dict(out=str(out), n_eval_prompts=4, eval_samples=2, max_n=4, batch_size=8, timesteps=192,
+                   sb3_n_envs=4, sb3_n_steps=16, checkpoint_every=1, num_threads=1, progress=False)
+    options.update(overrides)
+    return PipelineConfig(**options)
+
+
+def read_csv(path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ---- collect -----------------------------------------------------------------------------
+def test_collect_writes_k_responses_per_prompt_deterministically(tmp_path):
+    from text_env.defaults import default_prompts_path
+    from text_env.prompts import load_prompts
+
+    try:
+        default_prompts_path()
+    except FileNotFoundError as e:
+        pytest.skip(f"no embedded default assets: {e}")
+
+    argv = ["--n-prompts", "3", "--k", "2", "--batch-size", "4", "--max-new-tokens", "8", "--no-progress"]
+    assert collect.cli([*argv, "--out", str(tmp_path / "a.jsonl")]) == 0
+    assert collect.cli([*argv, "--out", str(tmp_path / "b.jsonl")]) == 0
+    items = load_collection(tmp_path / "a.jsonl")  # the labeling page's and simulate-labels' reader
+    assert [it.prompt for it in items] == load_prompts(default_prompts_path())[:3]
+    assert all(len(it.responses) == 2 and all(isinstance(r, str) for r in it.responses) for it in items)
+    # Two samples of one prompt differ somewhere (sampling, not copies of one response).
+    assert any(it.responses[0] != it.responses[1] for it in items)
+    assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()  # same seed, same rows
+
+
+def test_collect_refuses_bad_flags(tmp_path, capsys):
+    assert collect.cli(["--k", "0", "--out", str(tmp_path / "c.jsonl")]) == 2
+    assert "--k 0" in capsys.readouterr().err
+    assert not (tmp_path / "c.jsonl").exists()
+
+
+# ---- pure pieces ---------------------------------------------------------------------------
+def test_best_of_picks_the_proxy_favourite_of_each_disjoint_group():
+    proxy = np.array([[1.0, 3.0, 2.0, 0.0], [0.0, 1.0, 5.0, 4.0]])
+    gold = np.array([[10.0, 30.0, 20.0, 0.0], [1.0, 2.0, 3.0, 4.0]])
+    assert _best_of(proxy, gold, 1) == pytest.approx(70 / 8)
+    assert _best_of(proxy, gold, 2) == pytest.approx((30 + 20 + 2 + 3) / 4)  # groups [1,3],[2,0] and [0,1],[5,4]
+    assert _best_of(proxy, gold, 4) == pytest.approx((30 + 3) / 2)
+
+
+@pytest.mark.parametrize("bad", [dict(max_n=48), dict(agents="ppo_kl,dqn"), dict(agents=""), dict(k=3),
+                                 dict(model="m", from_scratch=True), dict(timesteps=0)])
+def test_config_refuses_bad_settings(bad):
+    with pytest.raises(ValueError):
+        PipelineConfig(**bad)
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path):
+    Pipeline(tiny(tmp_path))._check_config()
+    Pipeline(tiny(tmp_path, progress=True, num_threads=2))._check_config()  # display settings may change
+    with pytest.raises(ValueError, match="timesteps: 192 -> 384"):
+        Pipeline(tiny(tmp_path, timesteps=384))._check_config()
+
+
+def test_report_cli_needs_a_run(tmp_path, capsys):
+    assert report.cli(["--out", str(tmp_path)]) == 2
+    assert "no pipeline run" in capsys.readouterr().err
+
+
+# ---- end to end ------------------------------------------------------------------------------
+def test_pipeline_runs_end_to_end_then_skips_every_finished_stage(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("stable_baselines3")
+    default_assets_or_skip()
+    rows = pipeline.run_pipeline(tiny(tmp_path))
+    printed = capsys.readouterr().out
+    layout = report.RunLayout(tmp_path)
+
+    names = [r["policy"] for r in rows]
+    assert names == ["SFT reference", "best-of-2", "best-of-4", "PPOKL", "RLOO", "SB3 PPO + KL wrapper"]
+    assert "| PPOKL |" in printed and "| best-of-4 |" in printed  # the summary table is printed
+    by_name = {r["policy"]: r for r in rows}
+    assert by_name["SFT reference"]["kl"] == 0.0
+    assert by_name["best-of-4"]["kl"] == pytest.approx(math.log(4) - 3 / 4)
+    for r in rows:
+        assert all(math.isfinite(r[k]) for k in ("gold", "proxy", "kl", "response_length"))
+    for name in ("ppo_kl", "rloo", "sb3_ppo"):
+        ev = json.loads(layout.agent_eval(name).read_text())
+        assert ev["episodes"] == 4 * 2 and ev["train_timesteps"] >= 192 and ev["train_episodes"] > 0
+        progress = read_csv(layout.agent_dir(name) / "progress.csv")
+        assert progress and {"score", "gold_score", "kl"} <= set(progress[0])
+        assert list(layout.agent_dir(name).glob("events.out.tfevents.*")), f"{name}: no TensorBoard log"
+
+    rm = json.loads(layout.reward_model.read_text())
+    assert 0.0 <= rm["accuracy"] <= 1.0 and 0.0 <= rm["ceiling"] <= 1.0 and rm["pairs"] > 0
+    md = layout.report.read_text()
+    for section in ("Step 0", "Step 1", "Step 2", "Step 3", "Samples before and after"):
+        assert section in md
+    for name in ("training_curves", "frontier", "reward_model"):
+        png = layout.png(name)
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+        assert f"({png.name})" in md
+    assert [r["policy"] for r in read_csv(layout.summary_csv)] == names
+    assert {r["agent"] for r in read_csv(layout.curves_csv)} == {"ppo_kl", "rloo", "sb3_ppo"}
+    assert [int(r["n"]) for r in read_csv(layout.best_of_n_csv)] == [1, 2, 4]
+
+    # Re-running the same command skips every stage: nothing is trained, sampled or rewritten.
+    outputs = [layout.setup, layout.sft, layout.reward_model, layout.best_of_n,
+               *(layout.agent_eval(n) for n in ("ppo_kl", "rloo", "sb3_ppo"))]
+    stamps = [p.stat().st_mtime_ns for p in outputs]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished stage ran again")
+
+    for method in ("prepare", "sft_metrics", "reward_model_metrics", "best_of_n", "train_agent"):
+        monkeypatch.setattr(Pipeline, method, refuse)
+    assert pipeline.run_pipeline(tiny(tmp_path)) == rows
+    assert [p.stat().st_mtime_ns for p in outputs] == stamps
+
+
+def test_an_interrupted_agent_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    default_assets_or_skip()
+    config = tiny(tmp_path, agents="ppo_kl", timesteps=384)
+    original = PPOKL._iteration
+    calls = {"n": 0}
+
+    def killed_on_third(self):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # the user's Ctrl-C in the middle of step 3
+        return original(self)
+
+    monkeypatch.setattr(PPOKL, "_iteration", killed_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run_pipeline(config)
+    layout = report.RunLayout(tmp_path)
+    assert not layout.agent_eval("ppo_kl").exists()
+    assert [r["step"] for r in read_csv(layout.agent_dir("ppo_kl") / "progress.csv")] == ["1", "2"]
+    state = json.loads((layout.agent_dir("ppo_kl") / "checkpoint" / "state.json").read_text())
+    assert state["iteration"] == 2
+
+    monkeypatch.setattr(PPOKL, "_iteration", original)
+    pipeline.run_pipeline(config)
+    steps = [int(r["step"]) for r in read_csv(layout.agent_dir("ppo_kl") / "progress.csv")]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) > 2  # continued at 3, no step logged twice
+    ev = json.loads(layout.agent_eval("ppo_kl").read_text())
+    assert ev["train_timesteps"] >= 384 and ev["train_episodes"] == 8 * len(steps)
