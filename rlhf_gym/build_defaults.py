@@ -541,8 +541,8 @@ Built by `{card['built_with']}` in {card['build_seconds'] / 60:.1f} minutes
   {r['heldout_samples']} held-out SFT samples: **{r['spearman_vs_gold']:.3f}**. Scores are normalised to mean 0,
   std 1 on SFT samples.
 - **Baseline** ({b['prompts']} evaluation prompts, pure sampling, at most {b['max_new_tokens']} new tokens):
-  mean proxy (reward-model) score {b['mean_proxy_score']:+.3f}, mean gold score {b['mean_gold_score']:+.3f}, {b['mean_response_tokens']:.1f}
-  tokens a response. RL must beat this.
+  mean proxy (reward-model) score {b['mean_proxy_score']:+.3f}, mean gold score {b['mean_gold_score']:+.3f},
+  {b['mean_response_tokens']:.1f} tokens a response. RL must beat this.
 - **Size**: {size_mb:.1f} MB of assets. Seed {card['config']['seed']}.
 
 Five samples of the SFT policy (evaluation prompts, temperature 1):
