@@ -149,7 +149,9 @@ class PPOKL(Agent):
 
         # N+ / InstructGPT: a separate critic initialised from the reward model; eval() = dropout off.
         with quiet_transformers():
-            critic = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1)
+            critic = AutoModelForSequenceClassification.from_pretrained(
+                str(path), num_labels=1, trust_remote_code=False, weights_only=True  # untrusted folder
+            )
         critic = critic.to(self.device).eval()
         if not isinstance(getattr(critic, "score", None), torch.nn.Linear):
             raise ValueError(

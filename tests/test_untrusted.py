@@ -221,8 +221,6 @@ def test_model_folder_code_does_not_run_by_default(tmp_path, marker, monkeypatch
     assert not marker.exists(), marker.read_text()
 
 
-@pytest.mark.xfail(strict=True, reason="agents/ppo_kl.py _load_critic calls from_pretrained without "
-                   "trust_remote_code=False, so transformers asks on stdin and runs the critic folder's code on 'y'")
 def test_ppo_critic_folder_code_does_not_run(tmp_path, marker, monkeypatch):
     folder = remote_code_folder(tmp_path / "critic", marker, "evil-gpt")
     asked = []
