@@ -1,0 +1,78 @@
+"""torchrun data parallelism: 2 processes take the same PPOKL step as 1 process over the same global batch."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from rl_helpers import count_task, tiny_lm
+
+from agents import RLOO, RLOOConfig
+from agents.distributed import DistInfo, init_distributed, masked_whiten_global, reduce_metrics
+from agents.ppo_utils import masked_whiten
+
+TESTS = Path(__file__).resolve().parent
+
+
+def torchrun(nproc: int, out: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("WORLD_SIZE", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           str(TESTS / "distributed_worker.py"), str(out)]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def log_rows(out: Path) -> list[dict[str, float]]:
+    with open(out / "run" / "progress.csv", newline="") as f:
+        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+
+
+def test_two_ranks_match_one_process(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    torchrun(1, one)
+    torchrun(2, two)
+    single = torch.load(one / "rank0.pt")
+    ranks = [torch.load(two / f"rank{r}.pt") for r in (0, 1)]
+    initial = dict(tiny_lm(count_task()).named_parameters())
+    moved = max((single["params"][k] - initial[k]).abs().max().item() for k in initial)
+    diff = max((single["params"][k] - ranks[0]["params"][k]).abs().max().item() for k in single["params"])
+    print(f"largest parameter move {moved:.2e}; largest 1-process vs 2-process difference {diff:.2e}")
+    assert moved > 1e-3  # two real updates happened
+    assert diff < 1e-5
+    for k in single["params"]:  # the ranks hold one model
+        assert torch.equal(ranks[0]["params"][k], ranks[1]["params"][k])
+    assert single["timesteps"] == ranks[0]["timesteps"] == ranks[1]["timesteps"]  # global count on every rank
+    assert ranks[0]["beta"] == ranks[1]["beta"] == pytest.approx(single["beta"], rel=1e-6) != 0.1
+    # Rank 0 alone logged (one row per iteration) the global statistics, and saved the checkpoint.
+    rows_one, rows_two = log_rows(one), log_rows(two)
+    assert len(rows_one) == len(rows_two) == 2
+    for a, b in zip(rows_one, rows_two, strict=True):
+        for key in ("score", "kl", "beta", "response_length", "policy_loss", "value_loss", "clipfrac", "approx_kl"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+    assert (two / "saved" / "state.json").is_file()
+
+
+def test_single_process_helpers_are_identity():
+    info = init_distributed()
+    assert info == DistInfo() and info.is_main
+    x, mask = torch.randn(4, 5), (torch.rand(4, 5) > 0.3).float()
+    assert torch.equal(masked_whiten_global(x, mask, info), masked_whiten(x, mask))
+    assert reduce_metrics({"a": 1.0}, info, torch.device("cpu")) == {"a": 1.0}
+
+
+def test_unsupported_agent_and_bad_split_fail_clearly(monkeypatch):
+    # A fake 2-process environment: the checks run before any process group is joined.
+    monkeypatch.setattr("agents.base.init_distributed", lambda: DistInfo(rank=0, world_size=2))
+    task = count_task()
+    with pytest.raises(RuntimeError, match="RLOO does not support torchrun"):
+        RLOO(task, policy=tiny_lm(task), config=RLOOConfig(batch_size=8, rloo_k=2, checkpoint_every=0))
+    from agents import PPOKL, PPOKLConfig
+
+    with pytest.raises(ValueError, match="batch_size=9 is the global batch"):
+        PPOKL(task, policy=tiny_lm(task), config=PPOKLConfig(batch_size=9, num_minibatches=1, checkpoint_every=0))
