@@ -231,7 +231,6 @@ class PPOKL(Agent):
                 if len(idx):
                     new, values = self._forward(batch, idx)  # (b, T)
                     m, adv, ret, old_v = mask[idx], advantages[idx], returns[idx], old_values[idx]  # (b, T)
-
                     log_ratio = (new.logprobs - old.logprobs[idx]) * m  # (b, T)
                     ratio = log_ratio.exp()
                     pg_losses = -adv * ratio
