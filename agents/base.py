@@ -189,6 +189,14 @@ class Agent:
                     f"policy has {vocab} output tokens but the env's tokenizer has {self.task.vocab_size}; "
                     "use the policy's own tokenizer in the Task (default_task(model=PATH))."
                 )
+            cfg = self.policy.config
+            positions = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
+            if positions is not None and positions < self.task.window:
+                raise ValueError(
+                    f"the task's window is {self.task.window} tokens (max_prompt_tokens {self.task.max_prompt_tokens}"
+                    f" + max_new_tokens {self.task.max_new_tokens}) but the policy has {positions} positions; "
+                    "lower them in the Task so prompt and response fit the model."
+                )
             if lora is None and is_lora(self.policy):
                 raise ValueError(
                     "policy is already a peft model; pass its base model and config lora=LoraSettings(...), "

@@ -216,3 +216,9 @@ def test_sigkill_then_resume_continues_from_checkpoint(tmp_path, monkeypatch):
     assert agent.num_timesteps >= 400 and agent.iteration == killed_at + len(seen)
     steps = [int(r["step"]) for r in progress(log_dir)]
     assert steps == list(range(1, agent.iteration + 1))  # rows the killed run logged after it were dropped
+
+
+def test_a_window_longer_than_the_model_is_refused_with_a_clear_error():
+    task = count_task(max_new_tokens=70)  # 4 prompt + 70 new tokens > the tiny model's 64 positions
+    with pytest.raises(ValueError, match="window is 74 tokens .* 64 positions"):
+        PPOKL(task, policy=tiny_lm(task), config=PPOKLConfig(batch_size=4, log_dir="unused"))
