@@ -11,13 +11,15 @@ from __future__ import annotations
 import dataclasses
 import os
 import typing
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["AdapterDisabled", "LoraSettings", "add_lora", "base_state_dict", "is_lora", "trainable_parameters"]
+__all__ = ["AdapterDisabled", "LoraSettings", "add_lora", "base_state_dict", "check_mergeable", "is_lora",
+           "merged_state_dict", "trainable_parameters"]
 
 ADAPTER_CONFIG = "adapter_config.json"
 """File that marks a folder as a peft adapter."""
@@ -112,6 +114,38 @@ def base_state_dict(model: Any) -> dict[str, torch.Tensor]:
         if "lora_" not in key:
             out[key.replace(".base_layer.", ".")] = value
     return out
+
+
+def check_mergeable(model: Any) -> None:
+    """Refuse adapters on a weight two layers share (tied input and output embeddings): merging would change both."""
+    from peft.tuners.lora import LoraLayer
+
+    uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
+    tied = [name for name, module in model.get_base_model().named_modules()
+            if isinstance(module, LoraLayer) and uses[id(module.get_base_layer().weight)] > 1]
+    if tied:
+        raise ValueError(
+            f"LoRA adapters on {tied}: that weight is shared with another layer (tied embeddings), so merging the "
+            "adapter into it would change both; leave it out of LoraSettings.target_modules."
+        )
+
+
+@torch.no_grad()
+def merged_state_dict(model: Any) -> dict[str, torch.Tensor]:
+    """A peft model's weights with its active adapters folded in, under the base model's names.
+
+    What ``save_pretrained`` of the base model writes so that the fine-tuned model loads as a
+    plain one. Unlike peft's ``merge_and_unload`` it leaves the model as it is, so training can go on.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    state = base_state_dict(model)
+    for name, module in model.get_base_model().named_modules():
+        if isinstance(module, LoraLayer):
+            key = f"{name}.weight"
+            for adapter in module.active_adapters:
+                state[key] = state[key] + module.get_delta_weight(adapter).to(state[key].dtype)
+    return state
 
 
 def trainable_parameters(model: Any) -> list[torch.nn.Parameter]:

@@ -66,10 +66,11 @@ _OWNED = ("features_extractor_class", "features_extractor_kwargs", "net_arch", "
 def lm_policy_kwargs(lm: LMSpec = None, *, trust_remote_code: bool = False, **policy_kwargs: Any) -> dict[str, Any]:
     """``policy_kwargs`` for :class:`LMActorCriticPolicy` / :class:`MaskableLMActorCriticPolicy`.
 
-    ``lm`` is a folder or hub name (loaded with ``agents.lm.load_causal_lm``; SB3 then
-    moves it to the algorithm's device), a causal LM object (trained in place: give the
-    KL wrapper a separate copy as reference; SB3's ``save`` pickles it whole into the
-    zip, a path keeps saves small), or None for the embedded default policy.
+    ``lm`` is a folder or hub name (loaded with ``agents.lm.load_causal_lm`` onto CUDA when
+    present, as SB3's ``device="auto"``; SB3 then moves it to the algorithm's device), a
+    causal LM object (trained in place: give the KL wrapper a separate copy as reference;
+    SB3's ``save`` pickles it whole into the zip, a path keeps saves small), or None for
+    the embedded default policy.
     Other SB3 policy options (``optimizer_class``, ``optimizer_kwargs``) pass through;
     the network layout is the adapter's, so ``net_arch``, ``features_extractor_*``,
     ``ortho_init`` and ``share_features_extractor`` are refused here, early.
@@ -88,14 +89,14 @@ def lm_policy_kwargs(lm: LMSpec = None, *, trust_remote_code: bool = False, **po
 
 
 def _resolve_lm(lm: LMSpec, trust_remote_code: bool) -> nn.Module:
-    """The model object behind ``lm``, loaded on CPU when given by name."""
+    """The model object behind ``lm``; one given by name loads where SB3's ``device="auto"`` would put it."""
     if isinstance(lm, nn.Module):
         return lm
     if lm is None:
         from text_env.defaults import default_policy_path
 
         lm = default_policy_path()  # FileNotFoundError naming the fix when the assets are not built
-    return load_causal_lm(lm, device="cpu", trust_remote_code=trust_remote_code)
+    return load_causal_lm(lm, device="auto", trust_remote_code=trust_remote_code)
 
 
 class LMFeaturesExtractor(BaseFeaturesExtractor):

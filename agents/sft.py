@@ -12,6 +12,12 @@ the same command after an interruption resumes where it left off.
 Pretraining on raw text is the same loop with an empty prompt: ``{"prompt": "",
 "response": text}`` (a tokenizer that adds BOS still gives the model a token to start from).
 
+For larger models, ``lora=LoraSettings(...)`` (``--lora r=16,alpha=32``) trains LoRA adapters
+only; ``OUT/model`` then holds the merged model, a plain causal LM like any other. Under
+``torchrun --nproc_per_node N -m agents.sft ...`` each rank takes ``batch_size / N`` rows of
+every micro-batch and the gradients are summed, so a step equals the 1-process step over the
+same batch; validation is split over the ranks too, and rank 0 alone writes ``OUT``.
+
 The output folder ends up holding::
 
     OUT/model/          best model (safetensors) and its tokenizer: agents.lm.load_policy(OUT/model)
@@ -37,10 +43,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file, save_model
 from tqdm.auto import tqdm
 
-from agents.lm import load_causal_lm, load_tokenizer, resolve_device
+from agents.distributed import (
+    DistInfo,
+    all_reduce,
+    broadcast_parameters,
+    init_distributed,
+    reduce_gradients,
+    resolve_rank_device,
+)
+from agents.lm import load_causal_lm, load_tokenizer
+from agents.lora import LoraSettings, add_lora, check_mergeable, is_lora, merged_state_dict, trainable_parameters
 from reward_models import RewardModel, checked_scores
 from reward_models.config_cli import add_config_args, config_from_args
 from reward_models.io import (
@@ -81,7 +96,7 @@ class SFTConfig:
     """End every ``prompt``/``response`` demonstration with EOS so the model learns to stop
     (chat rows are not touched: the chat template already closes the turn)."""
     batch_size: int = 16
-    """Demonstrations per forward pass."""
+    """Demonstrations per micro-batch; under torchrun each of the N ranks takes ``batch_size / N`` of them."""
     group_by_length: bool = True
     """Batch demonstrations of similar length together (less padding, same data per epoch)."""
     grad_accum_steps: int = 1
@@ -94,6 +109,9 @@ class SFTConfig:
     """Peak learning rate of AdamW."""
     weight_decay: float = 0.0
     """AdamW weight decay, applied to matrices only (not to biases and norms)."""
+    lora: LoraSettings | None = None
+    """Train LoRA adapters instead of every weight (needs ``peft``): ``--lora r=16,alpha=32`` or
+    ``--lora default``. The saved model has the adapters merged in. None: full fine-tuning."""
     warmup_steps: int = 0
     """Linear warm-up from 0 to ``learning_rate`` over this many steps."""
     lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
@@ -269,17 +287,26 @@ def token_loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Te
 
 
 @torch.no_grad()
-def evaluate_loss(model: Any, demos: Sequence[Demonstration], batch_size: int, pad_token_id: int) -> float:
-    """Mean per-token response loss (nats) of ``model`` on ``demos``, in eval mode."""
+def evaluate_loss(
+    model: Any, demos: Sequence[Demonstration], batch_size: int, pad_token_id: int, info: DistInfo | None = None
+) -> float:
+    """Mean per-token response loss (nats) of ``model`` on ``demos``, in eval mode.
+
+    Under torchrun (``info``) each rank scores every N-th demonstration and the sums are
+    added over ranks, so every rank gets the same number (and takes the same early-stopping decision).
+    """
+    info = info or DistInfo()
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    mine = demos[info.rank :: info.world_size]
     total, count = 0.0, 0
-    for i in range(0, len(demos), batch_size):
-        batch = {k: v.to(device) for k, v in collate(demos[i : i + batch_size], pad_token_id).items()}
+    for i in range(0, len(mine), batch_size):
+        batch = {k: v.to(device) for k, v in collate(mine[i : i + batch_size], pad_token_id).items()}
         loss, n = token_loss_sum(model, batch)
         total, count = total + float(loss), count + n
     model.train(was_training)
+    total, count = all_reduce(torch.tensor([total, count], dtype=torch.float64, device=device), info).tolist()
     return total / max(count, 1)
 
 
@@ -354,12 +381,24 @@ def train_sft(
         _check_same_config(json.loads(state_file.read_text())["config"], config, state_file)
         print(f"sft: {out} holds a finished run; reporting it (use a new --out to train again).", file=sys.stderr)
         return SFTResult(**json.loads((out / "baseline.json").read_text())["result"])
-    device = resolve_device(config.device)
+    info = init_distributed()
+    if config.batch_size % info.world_size:
+        raise ValueError(
+            f"batch_size={config.batch_size} must be divisible by WORLD_SIZE={info.world_size}: each torchrun "
+            "rank takes an equal share of every micro-batch."
+        )
+    device = resolve_rank_device(config.device, info)
     tokenizer = load_tokenizer(config.model, trust_remote_code=config.trust_remote_code)
     model = load_causal_lm(config.model, device=device, trust_remote_code=config.trust_remote_code)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     context = getattr(model.config, "max_position_embeddings", None) or config.max_length
     max_length = min(config.max_length, context)
+    torch.manual_seed(config.seed)  # adapter init and dropout (a resumed run restores the RNG state instead)
+    if config.lora is not None:
+        model = add_lora(model, config.lora).to(device)
+        check_mergeable(model)
+    broadcast_parameters([model], info)  # every rank starts from rank 0's weights
+    parameters = trainable_parameters(model)  # with LoRA the adapters only: AdamW holds no moments for the rest
 
     # Data: a seeded split of the training file unless a validation file is given.
     demos = load_demonstrations(config.data, tokenizer, max_length, config.append_eos)
@@ -380,8 +419,8 @@ def train_sft(
 
     optimizer = torch.optim.AdamW(
         [
-            {"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": config.weight_decay},
-            {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0},
+            {"params": [p for p in parameters if p.dim() >= 2], "weight_decay": config.weight_decay},
+            {"params": [p for p in parameters if p.dim() < 2], "weight_decay": 0.0},
         ],
         lr=config.learning_rate,
     )
@@ -392,29 +431,38 @@ def train_sft(
     state = {"step": 0, "best_val": math.inf, "best_step": 0, "bad_evals": 0}
     if (checkpoint / "state.json").is_file():
         state = _load_checkpoint(checkpoint, config, model, optimizer, scheduler)
-        print(f"sft: resuming {out} from step {state['step']}.", file=sys.stderr)
-    else:
-        torch.manual_seed(config.seed)
-    log = _CsvLog(out / "log.csv", after_step=state["step"])
+        if info.is_main:
+            print(f"sft: resuming {out} from step {state['step']}.", file=sys.stderr)
+    # Only rank 0 writes the log, the checkpoints and the model, and shows progress.
+    log = _CsvLog(out / "log.csv", after_step=state["step"]) if info.is_main else None
     model.train()  # dropout as the model's config says
 
     step = state["step"]
     early_stopped = 0 < config.patience <= state["bad_evals"]
-    bar = tqdm(total=total_steps, initial=step, disable=not config.progress, desc="sft", unit="step")
+    bar = tqdm(total=total_steps, initial=step, disable=not (config.progress and info.is_main), desc="sft",
+               unit="step")
     running, running_n = 0.0, 0
     while step < total_steps and not early_stopped:
-        # One optimizer step over grad_accum_steps micro-batches, loss averaged per response token.
+        # One optimizer step over grad_accum_steps micro-batches, the loss averaged over all their
+        # response tokens. Each rank takes every N-th row of a micro-batch; its loss is divided by the
+        # global token count, so the gradients summed over ranks are the 1-process gradient.
         micro = [batches[step * config.grad_accum_steps + k] for k in range(config.grad_accum_steps)]
         n_tokens = sum(sum(len(d.input_ids) - max(d.prompt_len, 1) for d in m) for m in micro)
         optimizer.zero_grad(set_to_none=True)
         step_loss = 0.0
         for m in micro:
-            batch = {k: v.to(device) for k, v in collate(m, pad_id).items()}
+            share = m[info.rank :: info.world_size]
+            if not share:  # an epoch's short last micro-batch can leave a rank without rows
+                continue
+            batch = {k: v.to(device) for k, v in collate(share, pad_id).items()}
             loss_sum, _ = token_loss_sum(model, batch)
             (loss_sum / max(n_tokens, 1)).backward()
             step_loss += loss_sum.item() / max(n_tokens, 1)
-        # A NaN/inf loss or gradient must never reach the weights (or the next checkpoint).
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm or math.inf)
+        reduce_gradients(parameters, info)
+        step_loss = all_reduce(torch.tensor(step_loss, dtype=torch.float64, device=device), info).item()
+        # A NaN/inf loss or gradient must never reach the weights (or the next checkpoint); every
+        # rank sees the same summed values, so all of them stop together.
+        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm or math.inf)
         if not (math.isfinite(step_loss) and torch.isfinite(grad_norm)):
             raise FloatingPointError(
                 f"step {step + 1}: loss {step_loss} / gradient norm {grad_norm.item()} is not finite; training "
@@ -427,26 +475,31 @@ def train_sft(
         running, running_n = running + step_loss, running_n + 1
         epoch = step * config.grad_accum_steps / batches.per_epoch
         if step % config.log_interval == 0:
-            log.write(step, epoch, "train", running / running_n, optimizer.param_groups[0]["lr"])
+            if log is not None:
+                log.write(step, epoch, "train", running / running_n, optimizer.param_groups[0]["lr"])
             bar.set_postfix(loss=f"{running / running_n:.3f}", best_val=f"{state['best_val']:.3f}")
             running, running_n = 0.0, 0
 
         if step % config.eval_interval == 0 or step == total_steps:
-            val = evaluate_loss(model, val_set, config.batch_size, pad_id)
+            val = evaluate_loss(model, val_set, config.batch_size, pad_id, info)
             if not math.isfinite(val):
                 raise FloatingPointError(
                     f"step {step}: validation loss is {val}; stopped without saving; the last good "
                     f"checkpoint is {checkpoint}."
                 )
-            log.write(step, epoch, "val", val, optimizer.param_groups[0]["lr"])
-            if val < state["best_val"]:
+            improved = val < state["best_val"]
+            if improved:
                 state.update(best_val=val, best_step=step, bad_evals=0)
-                _save_hf(out / "model", model, tokenizer)
             else:
                 state["bad_evals"] += 1
                 early_stopped = 0 < config.patience <= state["bad_evals"]
             state["step"] = step
-            _save_checkpoint(checkpoint, config, model, optimizer, scheduler, state)
+            if log is not None:
+                log.write(step, epoch, "val", val, optimizer.param_groups[0]["lr"])
+            if info.is_main:
+                if improved:
+                    _save_hf(out / "model", model, tokenizer)
+                _save_checkpoint(checkpoint, config, model, optimizer, scheduler, state)
     bar.close()
 
     # Baseline metrics of the best model: what later RL must beat.
@@ -458,6 +511,8 @@ def train_sft(
         val_perplexity=math.exp(state["best_val"]),
         early_stopped=early_stopped,
     )
+    if not info.is_main:
+        return result  # rank 0 scores the baseline and writes the run's last files
     if scorer is not None and prompts:
         best = load_causal_lm(out / "model", device=device)
         responses = sample_responses(best, tokenizer, prompts, config.sample_max_new_tokens, config.seed)
@@ -529,10 +584,16 @@ class _Batches:
 
 
 def _save_hf(path: Path, model: Any, tokenizer: Any) -> None:
-    """Save model (safetensors) and tokenizer as one Hugging Face folder, atomically."""
+    """Save model (safetensors) and tokenizer as one Hugging Face folder, atomically.
+
+    A LoRA model is saved with its adapters merged in: a plain causal LM for the later steps.
+    """
 
     def write(tmp: Path) -> None:
-        model.save_pretrained(tmp)
+        if is_lora(model):
+            model.get_base_model().save_pretrained(tmp, state_dict=merged_state_dict(model))
+        else:
+            model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
 
     save_dir_atomic(path, write)
@@ -545,13 +606,20 @@ _RESUME_FREE = {"device", "num_threads", "progress"}
 def _save_checkpoint(
     path: Path, config: SFTConfig, model: Any, optimizer: Any, scheduler: Any, state: dict[str, Any]
 ) -> None:
-    """Model weights (safetensors), optimizer/scheduler/RNG (torch.save) and state, atomically."""
+    """Trained weights (safetensors), optimizer/scheduler/RNG (torch.save) and state, atomically.
+
+    With LoRA only the adapters are kept; the RNG is rank 0's, which every rank restores on resume.
+    """
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
 
     def write(tmp: Path) -> None:
-        save_model(model, str(tmp / "model.safetensors"))
+        if is_lora(model):  # the adapters: the frozen base reloads from config.model
+            adapters = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+            save_file(adapters, str(tmp / "model.safetensors"))
+        else:
+            save_model(model, str(tmp / "model.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(rng, tmp / "rng.pt")
@@ -562,10 +630,11 @@ def _save_checkpoint(
 
 def _check_same_config(saved: dict[str, Any], config: SFTConfig, path: Path) -> None:
     """Refuse to resume (or report) a run that was made with other settings."""
+    current = json.loads(json.dumps(asdict(config)))  # as saved: LoraSettings a dict, tuples lists
     changed = [
-        f"--{f.name.replace('_', '-')} {saved.get(f.name)!r} -> {getattr(config, f.name)!r}"
+        f"--{f.name.replace('_', '-')} {saved.get(f.name)!r} -> {current[f.name]!r}"
         for f in fields(config)
-        if f.name not in _RESUME_FREE and saved.get(f.name) != getattr(config, f.name)
+        if f.name not in _RESUME_FREE and saved.get(f.name) != current[f.name]
     ]
     if changed:
         raise ValueError(
@@ -579,7 +648,12 @@ def _load_checkpoint(path: Path, config: SFTConfig, model: Any, optimizer: Any, 
     state = json.loads((path / "state.json").read_text())
     _check_same_config(state.pop("config"), config, path)
     device = next(model.parameters()).device
-    load_model(model, str(path / "model.safetensors"), device=str(device))
+    missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False, device=str(device))
+    if unexpected or {n for n, p in model.named_parameters() if p.requires_grad} & set(missing):
+        raise ValueError(
+            f"{path / 'model.safetensors'} does not hold this model's trained weights (was {config.model} "
+            "replaced?); pass a new --out to start over."
+        )
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     rng = torch.load(path / "rng.pt", weights_only=True)
@@ -627,7 +701,8 @@ def cli(argv: list[str] | None = None) -> int:
     except (DataError, ValueError, OSError, FloatingPointError) as e:
         print(f"rlhf-gym sft: {e}", file=sys.stderr)
         return 1
-    print(json.dumps(asdict(result), indent=2))
+    if init_distributed().is_main:  # under torchrun, one report
+        print(json.dumps(asdict(result), indent=2))
     return 0
 
 

@@ -36,7 +36,11 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def add_config_args(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, ...] = ()) -> None:
-    """Add ``--field-name`` for every init field of dataclass ``cls`` of type str, int, float, bool or a Literal."""
+    """Add ``--field-name`` for every init field of dataclass ``cls``.
+
+    A field's type is str, int, float, bool, a Literal, or a settings class whose
+    ``parse(text)`` classmethod reads it from one flag value (``--lora r=16,alpha=32``).
+    """
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
     for f in dataclasses.fields(cls):
@@ -64,7 +68,7 @@ def config_from_args(cls: type[T], args: argparse.Namespace, **extra: Any) -> T:
     return cls(**values, **extra)
 
 
-def _scalar_type(hint: Any, cls: type, name: str) -> tuple[type, list[Any] | None]:
+def _scalar_type(hint: Any, cls: type, name: str) -> tuple[Any, list[Any] | None]:
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
         hint = args[0]
@@ -73,4 +77,18 @@ def _scalar_type(hint: Any, cls: type, name: str) -> tuple[type, list[Any] | Non
         return type(choices[0]), choices
     if hint in (str, int, float, bool):
         return hint, None
+    if isinstance(hint, type) and callable(getattr(hint, "parse", None)):
+        return _parse_with(hint.parse), None
     raise TypeError(f"{cls.__name__}.{name}: type {hint} has no command-line form; exclude the field.")
+
+
+def _parse_with(parse: Any) -> Any:
+    """``parse`` as an argparse type whose ValueError message reaches the user (not "invalid parse value")."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from e
+
+    return convert

@@ -1,7 +1,10 @@
-"""Tiny tasks and models for the agent tests: a learnable toy reward, a 2-layer GPT-2 built in code."""
+"""Tiny tasks and models for the agent tests: a learnable toy reward, a 2-layer GPT-2 built in code; torchrun."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
 import torch
@@ -41,3 +44,13 @@ def tiny_lm(task: Task, seed: int = 0, n_embd: int = 32, n_layer: int = 2) -> GP
     config = GPT2Config(vocab_size=task.vocab_size, n_positions=64, n_embd=n_embd, n_layer=n_layer, n_head=2,
                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     return GPT2LMHeadModel(config).eval()
+
+
+def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess[str]:
+    """``torchrun --standalone --nproc_per_node nproc ARGS`` (a script, or ``-m module``) on one thread per rank."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("WORLD_SIZE", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from rl_helpers import count_task, tiny_lm
+from rl_helpers import count_task, tiny_lm, torchrun
 
 from agents import RLOO, RLOOConfig
 from agents.distributed import DistInfo, init_distributed, masked_whiten_global, reduce_metrics
@@ -19,13 +16,8 @@ from agents.ppo_utils import masked_whiten
 TESTS = Path(__file__).resolve().parent
 
 
-def torchrun(nproc: int, out: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    env.pop("WORLD_SIZE", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           str(TESTS / "distributed_worker.py"), str(out)]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+def run_worker(nproc: int, out: Path) -> None:
+    torchrun(nproc, str(TESTS / "distributed_worker.py"), str(out))
 
 
 def log_rows(out: Path) -> list[dict[str, float]]:
@@ -35,8 +27,8 @@ def log_rows(out: Path) -> list[dict[str, float]]:
 
 def test_two_ranks_match_one_process(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    torchrun(1, one)
-    torchrun(2, two)
+    run_worker(1, one)
+    run_worker(2, two)
     single = torch.load(one / "rank0.pt")
     ranks = [torch.load(two / f"rank{r}.pt") for r in (0, 1)]
     initial = dict(tiny_lm(count_task()).named_parameters())

@@ -1,4 +1,4 @@
-"""agents.sft: response-only loss, learning, data errors, resuming, the command line."""
+"""agents.sft: response-only loss, learning, data errors, resuming, the command line, LoRA, torchrun."""
 
 from __future__ import annotations
 
@@ -12,15 +12,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from rl_helpers import torchrun
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
+import agents.sft as sft_module
 from agents.lm import load_causal_lm
+from agents.lora import LoraSettings
 from agents.sft import (
     IGNORE_INDEX,
     SFTConfig,
     cli,
     collate,
     encode_demonstration,
+    evaluate_loss,
     load_demonstrations,
     sample_responses,
     train_sft,
@@ -42,7 +47,7 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-def tiny_model_dir(tmp_path: Path, n_layer: int = 1) -> Path:
+def tiny_model_dir(tmp_path: Path, n_layer: int = 1, **gpt2_config) -> Path:
     """A randomly initialised tiny GPT-2 with a character tokenizer, saved as an HF folder."""
     tok = char_tokenizer(ALPHABET)
     torch.manual_seed(0)
@@ -50,6 +55,7 @@ def tiny_model_dir(tmp_path: Path, n_layer: int = 1) -> Path:
         GPT2Config(
             vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=n_layer, n_head=2,
             bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+            **gpt2_config,
         )
     )
     path = tmp_path / "base"
@@ -71,11 +77,13 @@ def write_demos(path: Path, n: int) -> Path:
 
 def config(tmp_path: Path, **overrides) -> SFTConfig:
     options = dict(
-        model=str(tiny_model_dir(tmp_path)), data=str(write_demos(tmp_path / "demos.jsonl", 64)),
+        data=str(write_demos(tmp_path / "demos.jsonl", 64)),
         out=str(tmp_path / "out"), val_fraction=0.25, batch_size=8, max_steps=40, learning_rate=3e-3,
         eval_interval=10, log_interval=5, progress=False, patience=0,
     )
     options.update(overrides)
+    if "model" not in options:
+        options["model"] = str(tiny_model_dir(tmp_path))
     return SFTConfig(**options)
 
 
@@ -226,3 +234,149 @@ def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path):
     whole = train_sft(SFTConfig(**{**cfg.__dict__, "out": str(tmp_path / "whole"), "num_threads": 1}))
     assert result["val_loss"] == pytest.approx(whole.val_loss, abs=1e-4)
     assert result["best_step"] == whole.best_step
+
+
+def weights(folder: str | Path) -> dict[str, torch.Tensor]:
+    return load_file(Path(folder) / "model.safetensors")
+
+
+# ---- LoRA ------------------------------------------------------------------------------------
+LORA = LoraSettings(r=8, alpha=16, target_modules=("c_attn", "c_proj", "c_fc"))
+
+
+def lora_config(tmp_path: Path, **overrides) -> SFTConfig:
+    options = dict(val_data=str(write_demos(tmp_path / "val.jsonl", 16)), lora=LORA, learning_rate=3e-2)
+    return config(tmp_path, **{**options, **overrides})
+
+
+def checkpoint_spy(monkeypatch) -> list[dict]:
+    """Record, at every checkpoint, the parameters and what the optimizer holds."""
+    real, seen = sft_module._save_checkpoint, []
+
+    def spy(path, config, model, optimizer, scheduler, state):
+        seen.append({
+            "params": {n: p.detach().clone() for n, p in model.named_parameters()},
+            "trainable": {n for n, p in model.named_parameters() if p.requires_grad},
+            "optimized": {id(p) for group in optimizer.param_groups for p in group["params"]},
+            "trainable_ids": {id(p) for p in model.parameters() if p.requires_grad},
+        })
+        real(path, config, model, optimizer, scheduler, state)
+
+    monkeypatch.setattr(sft_module, "_save_checkpoint", spy)
+    return seen
+
+
+def test_lora_sft_trains_adapters_only_and_saves_a_merged_model(tmp_path, monkeypatch):
+    cfg = lora_config(tmp_path)
+    seen = checkpoint_spy(monkeypatch)
+    base = AutoModelForCausalLM.from_pretrained(cfg.model)
+    tok = char_tokenizer(ALPHABET)
+    val_set = load_demonstrations(cfg.val_data, tok, max_length=64)
+    before = evaluate_loss(base, val_set, 8, tok.pad_token_id)
+    result = train_sft(cfg)
+
+    # Validation loss fell, at every evaluation.
+    log = (Path(cfg.out) / "log.csv").read_text().splitlines()
+    val = [float(row.split(",")[3]) for row in log[1:] if ",val," in row]
+    assert len(val) == 4 and all(b < a for a, b in zip([before, *val], val, strict=False))
+    assert val[-1] < before - 0.1
+    # Only the adapters trained: the optimizer holds them alone, the base weights never moved.
+    first, last = seen[0], seen[-1]
+    assert first["trainable"] and all("lora_" in n for n in first["trainable"])
+    assert first["optimized"] == first["trainable_ids"]
+    plain = dict(base.named_parameters())
+    for name, p in last["params"].items():
+        if name not in last["trainable"]:
+            assert torch.equal(p, plain[name.removeprefix("base_model.model.").replace(".base_layer.", ".")]), name
+    assert all(not torch.equal(first["params"][n], last["params"][n]) for n in last["trainable"] if "lora_B" in n)
+    # The output is a plain causal LM with the adapters merged: same loss as the adapter model had.
+    out = Path(result.model_dir)
+    assert not (out / "adapter_config.json").exists()
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    assert merged.state_dict().keys() == base.state_dict().keys()
+    changed = {n for (n, p), q in zip(base.named_parameters(), merged.parameters(), strict=True)
+               if not torch.equal(p, q)}
+    assert changed == {f"transformer.h.0.{m}.weight" for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")}
+    assert evaluate_loss(merged, val_set, 8, tok.pad_token_id) == pytest.approx(result.val_loss, abs=1e-6)
+
+
+def test_lora_on_a_tied_embedding_is_refused(tmp_path):
+    cfg = lora_config(tmp_path, lora=LoraSettings(target_modules=("c_attn", "lm_head")))
+    with pytest.raises(ValueError, match=r"\['lm_head'\].*tied embeddings.*target_modules"):
+        train_sft(cfg)
+
+
+def test_lora_sft_resumes_like_an_uninterrupted_run(tmp_path, monkeypatch, capfd):
+    cfg = lora_config(tmp_path, max_steps=30)
+    real, calls = sft_module.evaluate_loss, [0]
+
+    def killed_at_second_evaluation(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sft_module, "evaluate_loss", killed_at_second_evaluation)
+    with pytest.raises(KeyboardInterrupt):
+        train_sft(cfg)
+    checkpoint = Path(cfg.out) / "checkpoint"
+    assert json.loads((checkpoint / "state.json").read_text())["step"] == 10
+    assert all("lora_" in name for name in load_file(checkpoint / "model.safetensors"))
+    monkeypatch.undo()
+
+    # The same run from the command line (--lora maps onto the same settings) resumes and finishes.
+    flags = ["--model", cfg.model, "--data", cfg.data, "--val-data", cfg.val_data, "--out", cfg.out,
+             "--val-fraction", "0.25", "--batch-size", "8", "--max-steps", "30", "--learning-rate", "0.03",
+             "--eval-interval", "10", "--log-interval", "5", "--patience", "0", "--no-progress",
+             "--lora", "r=8,alpha=16,target_modules=c_attn+c_proj+c_fc"]
+    capfd.readouterr()
+    assert cli(flags) == 0
+    captured = capfd.readouterr()
+    assert f"resuming {cfg.out} from step 10." in captured.err
+    resumed = json.loads(captured.out)
+    whole = train_sft(SFTConfig(**{**cfg.__dict__, "out": str(tmp_path / "whole")}))
+    assert resumed["val_loss"] == pytest.approx(whole.val_loss, abs=1e-6)
+    a, b = weights(resumed["model_dir"]), weights(whole.model_dir)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_lora_flag_errors_name_the_flag(tmp_path, capsys):
+    cfg = config(tmp_path)
+    with pytest.raises(SystemExit):
+        cli(["--model", cfg.model, "--data", cfg.data, "--out", cfg.out, "--lora", "rank=8"])
+    assert "--lora: --lora 'rank=8': give key=value pairs of r, alpha" in capsys.readouterr().err
+
+
+# ---- torchrun --------------------------------------------------------------------------------
+def test_two_torchrun_ranks_take_the_one_process_steps(tmp_path):
+    """2 ranks, each with half of every micro-batch, equal 1 process over the same global batches."""
+    model = tiny_model_dir(tmp_path, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)  # no dropout: exact
+    # 22 rows in batches of 4: each epoch ends with a 2-row batch; 7 validation rows split 4 + 3.
+    cfg = config(tmp_path, model=str(model), data=str(write_demos(tmp_path / "train.jsonl", 22)),
+                 val_data=str(write_demos(tmp_path / "val.jsonl", 7)), out=str(tmp_path / "one"), batch_size=4,
+                 grad_accum_steps=2, max_steps=6, eval_interval=3, log_interval=1, learning_rate=1e-2)
+    one = train_sft(cfg)
+    flags = ["--model", cfg.model, "--data", cfg.data, "--val-data", cfg.val_data, "--out", str(tmp_path / "two"),
+             "--batch-size", "4", "--grad-accum-steps", "2", "--max-steps", "6", "--eval-interval", "3",
+             "--log-interval", "1", "--learning-rate", "0.01", "--patience", "0", "--no-progress"]
+    done = torchrun(2, "-m", "agents.sft", *flags)
+    two = json.loads(done.stdout)  # rank 0 alone reports
+
+    single, double, initial = weights(one.model_dir), weights(two["model_dir"]), weights(model)
+    # The attention key bias adds one amount to all of a query's scores, which softmax ignores: its
+    # gradient is 0 up to rounding, and AdamW (eps 1e-8) turns that rounding noise into steps of ~lr.
+    for w in (single, double):
+        w["transformer.h.0.attn.c_attn.bias"][32:64] = 0.0
+    moved = max((single[k] - initial[k]).abs().max().item() for k in initial)
+    diff = max((single[k] - double[k]).abs().max().item() for k in single)
+    print(f"largest parameter move {moved:.2e}; largest 1-process vs 2-process difference {diff:.2e}")
+    assert moved > 1e-2 and diff < 1e-5
+    assert two["steps"] == one.steps == 6 and two["best_step"] == one.best_step
+    assert two["val_loss"] == pytest.approx(one.val_loss, rel=1e-6)
+    # Rank 0 alone wrote the log: the same rows, with the same losses.
+    rows_one, rows_two = ((tmp_path / d / "log.csv").read_text().splitlines()[1:] for d in ("one", "two"))
+    assert len(rows_two) == len(rows_one) == 6 + 2
+    for a, b in zip(rows_one, rows_two, strict=True):
+        assert a.split(",")[:3] == b.split(",")[:3]
+        assert float(a.split(",")[3]) == pytest.approx(float(b.split(",")[3]), rel=1e-5)
+    assert (tmp_path / "two" / "trainer_state.json").is_file() and not (tmp_path / "two" / "checkpoint").exists()
