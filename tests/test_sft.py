@@ -267,6 +267,7 @@ def checkpoint_spy(monkeypatch) -> list[dict]:
 
 
 def test_lora_sft_trains_adapters_only_and_saves_a_merged_model(tmp_path, monkeypatch):
+    pytest.importorskip("peft")
     cfg = lora_config(tmp_path)
     seen = checkpoint_spy(monkeypatch)
     base = AutoModelForCausalLM.from_pretrained(cfg.model)
@@ -301,12 +302,14 @@ def test_lora_sft_trains_adapters_only_and_saves_a_merged_model(tmp_path, monkey
 
 
 def test_lora_on_a_tied_embedding_is_refused(tmp_path):
+    pytest.importorskip("peft")
     cfg = lora_config(tmp_path, lora=LoraSettings(target_modules=("c_attn", "lm_head")))
     with pytest.raises(ValueError, match=r"\['lm_head'\].*tied embeddings.*target_modules"):
         train_sft(cfg)
 
 
 def test_lora_sft_resumes_like_an_uninterrupted_run(tmp_path, monkeypatch, capfd):
+    pytest.importorskip("peft")
     cfg = lora_config(tmp_path, max_steps=30)
     real, calls = sft_module.evaluate_loss, [0]
 
