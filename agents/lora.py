@@ -166,3 +166,7 @@ class AdapterDisabled:
         """The base model's forward pass: the policy's forward inside ``disable_adapter()``."""
         with self.model.disable_adapter():
             return self.model(*args, **kwargs)
+
+    def get_output_embeddings(self) -> torch.nn.Module:
+        """The output layer the forward pass ends in (the policy's; its adapters are off during the call)."""
+        return self.model.get_output_embeddings()

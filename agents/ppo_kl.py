@@ -48,7 +48,7 @@ from agents.ppo_utils import (
     kl_estimate,
     masked_mean,
 )
-from agents.rollout import ResponseOutput, RolloutBatch, autocast, response_logprobs, sequence_inputs
+from agents.rollout import RolloutBatch, autocast, pack_sequences, response_logprobs
 
 UPDATE_STATS = ("policy_loss", "value_loss", "clipfrac", "value_clipfrac", "approx_kl")
 """Per-minibatch statistics: each rank's sum over its rows divided by the global token count, summed over ranks."""
@@ -163,41 +163,44 @@ class PPOKL(Agent):
         return critic
 
     # ---- the algorithm ---------------------------------------------------------------
-    def _forward(self, batch: RolloutBatch, index: torch.Tensor | None = None) -> tuple[ResponseOutput, torch.Tensor]:
-        """Policy log-probs/entropy and values V(s_t) for (a minibatch of) the batch's responses."""
-        cfg, shared = self.config, self.config.value_head == "shared"
-        out = response_logprobs(self.policy, batch, cfg.temperature, self.task.vocab_size,
-                                output_hidden=shared, index=index)
+    def _values(self, batch: RolloutBatch, hidden: torch.Tensor | None,
+                index: torch.Tensor | None = None) -> torch.Tensor:
+        """Values V(s_t) (b, T) of (a minibatch of) the batch's responses, 0 on padding.
+
+        The shared head reads ``hidden``, the policy's states (b, T, H); the critic runs its own pass.
+        """
         with autocast(self.device):  # bf16 hidden states on CUDA meet the head in autocast too
-            if shared:
-                hidden = out.hidden  # (b, T, H)
+            if self.config.value_head == "shared":
+                values = self.value_model(hidden)  # (b, T, 1)
             else:
-                n_resp = batch.response_ids.shape[1]
-                hidden = self.value_model.base_model(**sequence_inputs(batch, index)).last_hidden_state
-                hidden = hidden[:, -n_resp - 1 : -1]  # (b, T, H): the states before each response token
-            head = self.value_model if shared else self.value_model.score
-            values = head(hidden).squeeze(-1).float()  # (b, T)
+                packed = pack_sequences(batch, index)
+                states = packed.select(self.value_model.base_model(**packed.inputs()).last_hidden_state)  # (N, H)
+                values = packed.unpack(self.value_model.score(states))  # (b, T, 1)
         mask = batch.response_mask if index is None else batch.response_mask[index]
-        return out, values * mask
+        return values.squeeze(-1).float() * mask
 
     def _iteration(self) -> tuple[dict[str, float], int]:
         cfg, vocab, dist = self.config, self.task.vocab_size, self.dist
 
         # 1. Generate: every episode of the batch together, KV-cached, through the env
         # (under torchrun: this rank's share, B = batch_size / world_size rows).
-        batch = self._generate()
+        shared = cfg.value_head == "shared"
+        batch = self._generate(output_hidden=shared)
         mask = batch.response_mask.float()  # (B, T)
         n = mask.shape[0]
 
-        # 2. Log-probs and values of the policy, log-probs of the reference: one pass each.
-        # Old log-probs are recomputed (not taken from sampling) so they come from the very
-        # function the PPO epochs use: ratio = 1 exactly before the first update (N details #1).
+        # 2. Log-probs and values of the policy, log-probs of the reference. The policy's come from
+        # the rollout itself: the log-probs it sampled with and the hidden states the shared value
+        # head reads. They equal a recomputation up to float rounding (tests/test_rollout.py), so the
+        # first minibatch starts at ratio 1 +- 1e-6 (float32) without a second pass of the policy.
+        # The reference (and a separate critic) take one pass over the packed batch.
+        old = batch.logprobs  # (B, T)
         with torch.no_grad():
-            old, old_values = self._forward(batch)  # (B, T)
-            ref = response_logprobs(self.reference, batch, cfg.temperature, vocab)
+            old_values = self._values(batch, batch.hidden)  # (B, T)
+            ref = response_logprobs(self.reference, batch, cfg.temperature, vocab).logprobs  # (B, T)
 
         # 3. Per-token KL to the reference (PPO_NOTES #1, #4).
-        kl = kl_estimate(old.logprobs, ref.logprobs, cfg.kl_estimator) * mask  # (B, T)
+        kl = kl_estimate(old, ref, cfg.kl_estimator) * mask  # (B, T)
         beta = self.kl_ctl.value
 
         # 4. Reward: -beta * KL on every token, the score on the last response token only.
@@ -229,9 +232,11 @@ class PPOKL(Agent):
                 idx = rows[(rows >= first) & (rows < first + n)] - first  # this rank's rows, local indices
                 parts = torch.zeros(len(UPDATE_STATS), device=self.device)
                 if len(idx):
-                    new, values = self._forward(batch, idx)  # (b, T)
+                    new = response_logprobs(self.policy, batch, cfg.temperature, vocab, output_hidden=shared,
+                                            index=idx)
+                    values = self._values(batch, new.hidden, idx)  # (b, T)
                     m, adv, ret, old_v = mask[idx], advantages[idx], returns[idx], old_values[idx]  # (b, T)
-                    log_ratio = (new.logprobs - old.logprobs[idx]) * m  # (b, T)
+                    log_ratio = (new.logprobs - old[idx]) * m  # (b, T)
                     ratio = log_ratio.exp()
                     pg_losses = -adv * ratio
                     pg_clipped = -adv * ratio.clamp(1 - cfg.cliprange, 1 + cfg.cliprange)
@@ -242,9 +247,12 @@ class PPOKL(Agent):
                     self._backward(pg_loss + cfg.vf_coef * vf_loss, "PPO loss")
                     with torch.no_grad():
                         # approx_kl: k3 of the policy change, how far one update moved (CleanRL).
+                        # Values past the clip range, tested on the range itself: old_v + (values - old_v)
+                        # may differ from values by rounding, which values != v_clipped would count.
+                        value_clipped = ((values - old_v).abs() > cfg.cliprange_value).float()
                         parts = torch.stack([pg_loss, vf_loss,
                                              _minibatch_mean((pg_clipped > pg_losses).float(), m, tokens),
-                                             _minibatch_mean(((values - v_clipped).abs() > 0).float(), m, tokens),
+                                             _minibatch_mean(value_clipped, m, tokens),
                                              _minibatch_mean(ratio - 1 - log_ratio, m, tokens)])
                 stats["grad_norm"].append(self._optimizer_step())
                 for key, value in zip(UPDATE_STATS, all_reduce(parts, dist).tolist(), strict=True):
@@ -257,11 +265,11 @@ class PPOKL(Agent):
         metrics.update({key: float(np.mean(vals)) for key, vals in stats.items()})
         metrics.update(
             kl=kl_per_response,
-            kl_k1=float(kl_estimate(old.logprobs, ref.logprobs, "k1").mul(mask).sum(1).mean()),
-            kl_k3=float(kl_estimate(old.logprobs, ref.logprobs, "k3").mul(mask).sum(1).mean()),
+            kl_k1=float(kl_estimate(old, ref, "k1").mul(mask).sum(1).mean()),
+            kl_k3=float(kl_estimate(old, ref, "k3").mul(mask).sum(1).mean()),
             beta=beta,
             objective=float(score.mean()) - beta * kl_per_response,
-            entropy=float(masked_mean(old.entropy, mask)),
+            entropy=float(masked_mean(batch.entropy, mask)),
             explained_variance=explained_variance(old_values, returns, mask),
             value_mean=float(masked_mean(old_values, mask)),
         )

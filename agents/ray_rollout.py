@@ -49,6 +49,24 @@ def _to(batch: RolloutBatch, device: torch.device | str) -> RolloutBatch:
     return dataclasses.replace(batch, **changes)
 
 
+def _register_output_capture(policy: torch.nn.Module) -> None:
+    """Re-register the model classes of an unpickled policy with transformers' output capture.
+
+    transformers 5 records which outputs a class can return (hidden states among them) in
+    ``PreTrainedModel.__init__``; unpickling skips ``__init__``, so in a fresh worker process
+    ``output_hidden_states=True`` would silently return ``None`` (the value head needs them).
+    """
+    try:
+        from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
+    except ImportError:  # older transformers return hidden states without a registry
+        return
+    from transformers import PreTrainedModel
+
+    for module in policy.modules():
+        if isinstance(module, PreTrainedModel):
+            _CAN_RECORD_REGISTRY[module] = module._can_record_outputs
+
+
 class RolloutWorker:
     """One Ray actor's state: a policy copy and a vector env of ``num_envs`` episodes.
 
@@ -62,6 +80,7 @@ class RolloutWorker:
     def __init__(self, task: Any, policy: Any, num_envs: int, num_threads: int = 1) -> None:
         torch.set_num_threads(num_threads)
         self.env = make_rollout_env(task, num_envs)
+        _register_output_capture(policy)
         self.policy = policy.to(resolve_device("auto")).eval()  # a GPU only if Ray gave this actor one
 
     def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
@@ -71,9 +90,10 @@ class RolloutWorker:
             raise KeyError(f"the worker's policy has no parameters {sorted(missing)[:3]}...: it is another model.")
         self.policy.load_state_dict(weights, strict=False)
 
-    def rollout(self, temperature: float, seed: int, group_size: int) -> RolloutBatch:
+    def rollout(self, temperature: float, seed: int, group_size: int, output_hidden: bool = False) -> RolloutBatch:
         """The worker's share of the batch, episode ``j`` seeded ``seed + j``; tensors on the CPU."""
-        batch = rollout(self.policy, self.env, temperature=temperature, seed=seed, group_size=group_size)
+        batch = rollout(self.policy, self.env, temperature=temperature, seed=seed, group_size=group_size,
+                        output_hidden=output_hidden)
         return _to(batch, "cpu")
 
 
@@ -114,12 +134,13 @@ class RolloutPool:
         ray.get([w.load_weights.remote(weights) for w in self.workers])
 
     def rollout(self, temperature: float, seed: int, group_size: int = 1,
-                device: torch.device | str = "cpu") -> RolloutBatch:
+                device: torch.device | str = "cpu", output_hidden: bool = False) -> RolloutBatch:
         """One batch: worker ``i`` generates episodes ``i * share ...`` with seeds ``seed + i * share + j``."""
         if self.share % group_size:
             raise ValueError(f"group_size={group_size} must divide each worker's share of {self.share} episodes.")
         ray = _ray()
-        futures = [w.rollout.remote(temperature, seed + i * self.share, group_size) for i, w in enumerate(self.workers)]
+        futures = [w.rollout.remote(temperature, seed + i * self.share, group_size, output_hidden)
+                   for i, w in enumerate(self.workers)]
         return merge_batches(ray.get(futures), self.pad_token_id, device)
 
     def close(self) -> None:
@@ -142,6 +163,9 @@ def merge_batches(batches: Sequence[RolloutBatch], pad_token_id: int,
     def right(x: torch.Tensor, value: float) -> torch.Tensor:
         return F.pad(x, (0, width_t - x.shape[1]), value=value)  # (b, T)
 
+    def right_states(x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x, (0, 0, 0, width_t - x.shape[1]))  # (b, T, H)
+
     masks = None
     if batches[0].action_masks is not None:
         # Finished episodes allow every token (as the env does), so padded steps match a single rollout.
@@ -154,8 +178,10 @@ def merge_batches(batches: Sequence[RolloutBatch], pad_token_id: int,
         response_ids=torch.cat([right(b.response_ids, pad_token_id) for b in batches]),  # (B, T)
         response_mask=torch.cat([right(b.response_mask, 0) for b in batches]),  # (B, T)
         logprobs=torch.cat([right(b.logprobs, 0.0) for b in batches]),  # (B, T)
+        entropy=torch.cat([right(b.entropy, 0.0) for b in batches]),  # (B, T)
         rewards=np.concatenate([b.rewards for b in batches]),
         infos=[info for b in batches for info in b.infos],
         action_masks=masks,
+        hidden=None if batches[0].hidden is None else torch.cat([right_states(b.hidden) for b in batches]),  # (B, T, H)
     )
     return _to(merged, device)

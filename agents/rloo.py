@@ -4,6 +4,7 @@ Each iteration samples k responses for each of ``batch_size / k`` prompts. A res
 reward is its score minus beta times its summed KL to the reference; its baseline is
 the mean reward of the other k - 1 responses to the same prompt, so no value model is
 needed. One on-policy gradient step per batch (minibatches only accumulate gradients).
+Runs data-parallel under ``torchrun --nproc_per_node N`` too (the update equals the 1-process one).
 
     from agents import RLOO, RLOOConfig
     agent = RLOO("RLHFText-v0", config=RLOOConfig(rloo_k=4)).learn(50_000)
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from agents.base import Agent, PolicyArg, TrainConfig, config_cli
+from agents.distributed import DistInfo, all_gather_rows, all_reduce, masked_whiten_global, reduce_metrics
 from agents.lora import trainable_parameters
 from agents.ppo_utils import KLEstimator, kl_estimate, leave_one_out_advantages, masked_mean
 from agents.rollout import response_logprobs
@@ -50,34 +52,51 @@ class RLOOConfig(TrainConfig):
 class RLOO(Agent):
     """REINFORCE leave-one-out against a reward model, KL-penalised to the frozen reference.
 
+    Runs data-parallel under ``torchrun`` like :class:`agents.PPOKL`: each rank generates whole
+    groups of k samples (``batch_size / WORLD_SIZE`` episodes, a multiple of ``rloo_k``), so every
+    leave-one-out baseline is local, and N ranks take the 1-process step.
+
     Args: as :class:`agents.PPOKL`, with an :class:`RLOOConfig`.
     """
 
     config_class = RLOOConfig
     config: RLOOConfig
+    supports_distributed = True
 
     def __init__(
         self, env: Any, policy: PolicyArg = None, config: RLOOConfig | None = None, reference: PolicyArg = None
     ) -> None:
         super().__init__(env, policy, config, reference)
 
+    def _check_distributed(self, info: DistInfo) -> DistInfo:
+        info = super()._check_distributed(info)
+        share = self.config.batch_size // info.world_size
+        if share % self.config.rloo_k:
+            raise ValueError(
+                f"rloo_k={self.config.rloo_k} must divide each rank's {share} episodes (batch_size / WORLD_SIZE): "
+                "a prompt's k samples are generated on one rank."
+            )
+        return info
+
     def _build(self, checkpoint: Any) -> None:
         self._make_optimizer(trainable_parameters(self.policy))  # with LoRA: the adapters only
 
     def _iteration(self) -> tuple[dict[str, float], int]:
-        cfg, vocab, k = self.config, self.task.vocab_size, self.config.rloo_k
-        # 1. Generate k responses per prompt.
+        cfg, vocab, k, dist = self.config, self.task.vocab_size, self.config.rloo_k, self.dist
+        # 1. Generate k responses per prompt (under torchrun: this rank's share, B = batch_size / world_size).
         batch = self._generate(group_size=k)
         mask = batch.response_mask.float()  # (B, T)
         n = mask.shape[0]
 
-        # 2. Policy and reference log-probs, no grad: they only shape the reward.
+        # 2. Policy and reference log-probs, no grad: they only shape the reward. The policy's are
+        # those the rollout sampled with (equal to a recomputation up to float rounding), so only
+        # the reference takes a forward pass.
+        old = batch.logprobs  # (B, T)
         with torch.no_grad():
-            old = response_logprobs(self.policy, batch, cfg.temperature, vocab)
-            ref = response_logprobs(self.reference, batch, cfg.temperature, vocab)
+            ref = response_logprobs(self.reference, batch, cfg.temperature, vocab).logprobs  # (B, T)
 
         # 3. Per-response reward: score minus beta * summed KL (RLOO puts the KL in the sequence reward).
-        kl = (kl_estimate(old.logprobs, ref.logprobs, cfg.kl_estimator) * mask).sum(1)  # (B,)
+        kl = (kl_estimate(old, ref, cfg.kl_estimator) * mask).sum(1)  # (B,)
         capped = np.array([info["end_reason"] == "max_new_tokens" for info in batch.infos])
         score = torch.as_tensor(batch.rewards - cfg.missing_eos_penalty * capped,
                                 dtype=torch.float32, device=self.device)  # (B,)
@@ -85,32 +104,34 @@ class RLOO(Agent):
 
         # 4. Leave-one-out baseline: the mean reward of the other k - 1 samples of the prompt.
         advantages = leave_one_out_advantages(reward).flatten()  # (B,)
-        if cfg.normalize_advantages:
-            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        if cfg.normalize_advantages:  # mean and variance over every rank's responses
+            advantages = masked_whiten_global(advantages, torch.ones_like(advantages), dist)
 
-        # 5. One REINFORCE step: -A * log pi(response), gradients accumulated over minibatches.
-        loss_total = 0.0
+        # 5. One REINFORCE step: -A * log pi(response), averaged over the global batch; gradients are
+        # accumulated over minibatches and summed over ranks by the optimiser step.
+        loss_total = torch.zeros((), device=self.device)
         for idx in torch.arange(n, device=self.device).chunk(cfg.num_minibatches):
             new = response_logprobs(self.policy, batch, cfg.temperature, vocab, index=idx)
-            loss = -(advantages[idx] * new.logprobs.sum(1)).sum() / n
+            loss = -(advantages[idx] * new.logprobs.sum(1)).sum() / (n * dist.world_size)
             self._backward(loss, "RLOO loss")
-            loss_total += float(loss.detach())
+            loss_total += loss.detach()
         grad_norm = self._optimizer_step()
 
-        # 6. Log.
+        # 6. Log: per-episode means averaged over ranks (reduce_metrics); global values stay as they are.
         metrics = batch.metrics()
         metrics.update(
             kl=float(kl.mean()),
-            kl_k1=float((kl_estimate(old.logprobs, ref.logprobs, "k1") * mask).sum(1).mean()),
-            kl_k3=float((kl_estimate(old.logprobs, ref.logprobs, "k3") * mask).sum(1).mean()),
+            kl_k1=float((kl_estimate(old, ref, "k1") * mask).sum(1).mean()),
+            kl_k3=float((kl_estimate(old, ref, "k3") * mask).sum(1).mean()),
             beta=cfg.kl_coef,
             objective=float(reward.mean()),
-            entropy=float(masked_mean(old.entropy, mask)),
-            policy_loss=loss_total,
-            advantage_std=float(advantages.std()),
+            entropy=float(masked_mean(batch.entropy, mask)),
+            policy_loss=float(all_reduce(loss_total, dist)),
+            advantage_std=float(all_gather_rows(advantages, dist).std()),
             grad_norm=grad_norm,
         )
-        return metrics, int(mask.sum())
+        metrics = reduce_metrics(metrics, dist, self.device)
+        return metrics, int(all_reduce(mask.sum(), dist))  # global timesteps: every rank stops together
 
 
 def cli(argv: Sequence[str] | None = None) -> int:

@@ -1,10 +1,13 @@
 """The fast rollout shared by every LM agent, and one-pass log-probs of finished responses.
 
 :func:`rollout` steps a whole batch of episodes through the Gymnasium vector API with
-one KV-cached forward pass per token, feeding the model only the new tokens; the env
-decides when each response ends and scores the batch. :func:`response_logprobs`
-re-scores prompt + response in one forward pass (policy, reference and new-policy
-log-probs all come from it, so they agree with each other exactly).
+one KV-cached forward pass per token, feeding the model only the new tokens of the
+episodes still running; the env decides when each response ends and scores it. It
+records the log-prob and entropy of every sampled token (and, on request, the hidden
+state that predicted it), so agents need no second pass of the sampling policy.
+:func:`response_logprobs` re-scores prompt + response in one forward pass over
+sequences packed without padding (:func:`pack_sequences`): reference and new-policy
+log-probs come from it, and agree with the rollout's up to float rounding.
 """
 
 from __future__ import annotations
@@ -22,16 +25,17 @@ from gymnasium.vector import AutoresetMode
 from text_env import Task, TextGenerationEnv, TextGenerationVectorEnv
 
 __all__ = [
+    "PackedSequences",
     "ResponseOutput",
     "RolloutBatch",
     "autocast",
     "episode_uniforms",
     "make_rollout_env",
     "next_token_logprobs",
+    "pack_sequences",
     "response_logprobs",
     "rollout",
     "sample_next_token",
-    "sequence_inputs",
 ]
 
 
@@ -48,13 +52,20 @@ class RolloutBatch:
     response_mask: torch.Tensor
     """(B, T) 1 on response tokens, 0 on padding."""
     logprobs: torch.Tensor
-    """(B, T) log-probs of the sampled tokens under the temperature-scaled (masked) policy; 0 on padding."""
+    """(B, T) log-probs of the sampled tokens under the temperature-scaled (masked) policy; 0 on padding.
+    They are the policy's old log-probs: :func:`response_logprobs` of the same sequences gives them
+    again up to float rounding (tests/test_rollout.py), so agents need not recompute them."""
+    entropy: torch.Tensor
+    """(B, T) entropy of the temperature-scaled (masked) distribution each token was sampled from; 0 on padding."""
     rewards: np.ndarray
     """(B,) the env's final-step rewards: score minus the task's penalties."""
     infos: list[dict[str, Any]]
     """The env's final ``info`` per episode: prompt, response, score, end_reason, gold_score, ..."""
     action_masks: torch.Tensor | None
     """(B, T, V) bool allowed tokens at each response step, when the task has an action-mask rule."""
+    hidden: torch.Tensor | None
+    """(B, T, H) the policy's last hidden state at the position that predicted each response token
+    (the state s_t a shared value head reads), with ``rollout(..., output_hidden=True)``; 0 on padding."""
 
     @property
     def scores(self) -> np.ndarray:
@@ -93,10 +104,8 @@ class ResponseOutput:
 
     logprobs: torch.Tensor
     """(B, T) log-probs of the response tokens, 0 on padding."""
-    entropy: torch.Tensor
-    """(B, T) entropy of the next-token distribution, 0 on padding."""
     hidden: torch.Tensor | None
-    """(B, T, H) last hidden state at the position that predicts each response token (the state s_t)."""
+    """(B, T, H) last hidden state at the position that predicts each response token (the state s_t), 0 on padding."""
 
 
 def make_rollout_env(env: Any, num_envs: int) -> gym.vector.VectorEnv:
@@ -139,7 +148,9 @@ def next_token_logprobs(
     Every log-prob (sampling, old, reference, new) goes through here, so temperature and
     masking are applied identically everywhere (PPO_NOTES #4, #5).
     """
-    logits = logits[..., :vocab_size].float() / temperature  # (..., V): a model may pad its vocab
+    logits = logits[..., :vocab_size].float()  # (..., V): a model may pad its vocab
+    if temperature != 1.0:  # dividing by 1 would only copy the (..., V) logits
+        logits = logits / temperature
     if allowed is not None:
         # finfo.min, not -inf: exp gives 0 and 0 * logp stays 0 in the entropy.
         logits = logits.masked_fill(~allowed, torch.finfo(logits.dtype).min)
@@ -205,6 +216,11 @@ def _reset(env: gym.vector.VectorEnv, seed: int | None, group_size: int,
     return obs
 
 
+def _scatter(live: torch.Tensor, values: torch.Tensor, n: int) -> torch.Tensor:
+    """``values`` of the live rows ``(b, ...)`` placed in a zero ``(n, ...)`` tensor of the whole batch."""
+    return values.new_zeros((n, *values.shape[1:])).index_copy_(0, live, values)
+
+
 @torch.no_grad()
 def rollout(
     model: Any | None,
@@ -216,6 +232,7 @@ def rollout(
     prompts: Sequence[str] | None = None,
     seed: int | None = None,
     generator: torch.Generator | None = None,
+    output_hidden: bool = False,
 ) -> RolloutBatch:
     """Reset ``env`` and sample every episode to its end, all together, one forward pass per token.
 
@@ -232,47 +249,59 @@ def rollout(
             ``seed + i`` (:func:`episode_uniforms`), so a rollout split over processes with
             offset seeds samples the same tokens as one process.
         generator: torch RNG for sampling when ``seed`` is None.
+        output_hidden: also record the last hidden state that predicted each token (``batch.hidden``).
     """
+    if output_hidden and model is None:
+        raise ValueError("output_hidden=True needs a model: a uniform random rollout has no hidden states.")
     task: Task = env.unwrapped.task
     obs = _reset(env, seed, group_size, prompts)
     device = next(model.parameters()).device if model is not None else torch.device("cpu")
-    n, max_new = env.num_envs, task.max_new_tokens
+    n, max_new, vocab = env.num_envs, task.max_new_tokens, task.vocab_size
     uniforms = None if seed is None else torch.from_numpy(episode_uniforms(range(seed, seed + n), max_new)).to(device)
     prompt_len = int(obs["attention_mask"].sum(1).max())
     prompt_ids = torch.from_numpy(obs["input_ids"][:, -prompt_len:]).to(device)  # (B, P)
     prompt_mask = torch.from_numpy(obs["attention_mask"][:, -prompt_len:]).to(device)  # (B, P)
 
-    # One preallocated mask for prompt + response; column P+t is 1 where token t is real.
-    attention = torch.zeros(n, prompt_len + max_new, dtype=torch.long, device=device)  # (B, P+T)
+    # The model computes only the live rows, the episodes still running: a finished one would
+    # just feed pad tokens (on the default task responses end after half the steps on average).
+    live = torch.arange(n, device=device)  # (b,) batch rows the model computes
+    # One preallocated mask for prompt + response of the live rows; column P+t is token t.
+    attention = torch.zeros(n, prompt_len + max_new, dtype=torch.long, device=device)  # (b, P+T)
     attention[:, :prompt_len] = prompt_mask
-    position = _positions(prompt_mask)  # (B, P)
+    position = _positions(prompt_mask)  # (b, P)
     if model is not None:
+        # The samples of a group share their prompt: prefill it once and repeat its KV cache.
+        first = slice(None, None, group_size)
         with autocast(device):
-            out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position,
-                        use_cache=True, logits_to_keep=1)
-        logits = out.logits[:, -1]  # (B, V)
+            out = model(input_ids=prompt_ids[first], attention_mask=prompt_mask[first], position_ids=position[first],
+                        use_cache=True, logits_to_keep=1, output_hidden_states=output_hidden)
+        out.past_key_values.batch_repeat_interleave(group_size)
+        logits = out.logits[:, -1].repeat_interleave(group_size, 0)  # (b, V)
+        state = out.hidden_states[-1][:, -1].repeat_interleave(group_size, 0) if output_hidden else None  # (b, H)
     else:
-        logits = torch.zeros(n, task.vocab_size, device=device)  # (B, V): uniform
-    position = position[:, -1]  # (B,)
+        logits = torch.zeros(n, vocab, device=device)  # (b, V): uniform
+    position = position[:, -1]  # (b,)
     masked = task.action_mask is not None
     running = np.ones(n, dtype=bool)
     rewards = np.zeros(n, dtype=np.float64)
     final_infos: list[dict[str, Any]] = [{} for _ in range(n)]
-    tokens, logps, steps_running, step_masks = [], [], [], []
-    pad = torch.tensor(task.pad_token_id, device=device)
+    tokens, logps, entropies, hiddens, steps_running, step_masks = [], [], [], [], [], []
 
     for t in range(max_new):
         allowed = torch.from_numpy(env.unwrapped.action_masks()).to(device) if masked else None  # (B, V)
-        logp_all = next_token_logprobs(logits, temperature, task.vocab_size, allowed)  # (B, V)
-        is_running = torch.tensor(running, device=device)  # (B,) a copy: `running` changes in place
+        logp_all = next_token_logprobs(logits, temperature, vocab, None if allowed is None else allowed[live])  # (b, V)
         if uniforms is not None:
-            u = uniforms[:, t]  # (B,)
+            u = uniforms[live, t]  # (b,)
         else:
-            u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)  # (B,)
-        token = torch.where(is_running, _pick(logp_all, deterministic, u), pad)  # (B,)
+            u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)[live]  # (b,)
+        picked = _pick(logp_all, deterministic, u)  # (b,)
+        token = torch.full((n,), task.pad_token_id, device=device).index_put_((live,), picked)  # (B,): pad when done
         tokens.append(token)
-        logps.append(logp_all.gather(-1, token[:, None]).squeeze(-1) * is_running)  # (B,)
-        steps_running.append(is_running)
+        logps.append(_scatter(live, logp_all.gather(-1, picked[:, None]).squeeze(-1), n))  # (B,)
+        entropies.append(_scatter(live, -(logp_all.exp() * logp_all).sum(-1), n))  # (B,)
+        if output_hidden:
+            hiddens.append(_scatter(live, state, n))  # (B, H): the last hidden state that predicted the token
+        steps_running.append(torch.from_numpy(running.copy()).to(device))  # (B,) a copy: `running` changes in place
         if masked:
             step_masks.append(allowed)
 
@@ -281,18 +310,27 @@ def rollout(
         for i in np.flatnonzero(ended):
             rewards[i] = step_rewards[i]
             final_infos[i] = {k: v[i] for k, v in infos.items() if not k.startswith("_") and infos[f"_{k}"][i]}
+        still = ~ended[live.cpu().numpy()]  # (b,) which live rows run on
         running &= ~ended
         if not running.any():
             break
-        if model is None:
-            continue
-        # Feed only the new token; finished rows get the pad token, masked out (PPO_NOTES #6).
-        attention[:, prompt_len + t] = is_running
         position = position + 1
+        if not still.all():  # drop the rows that just finished, from the KV cache too
+            keep = torch.from_numpy(np.flatnonzero(still)).to(device)
+            live, attention, position = live[keep], attention[keep], position[keep]
+            if model is not None:
+                out.past_key_values.batch_select_indices(keep)
+        if model is None:
+            logits = torch.zeros(len(live), vocab, device=device)  # (b, V)
+            continue
+        # Feed only the new token of each live row (PPO_NOTES #6: positions continue from the prompt's).
+        attention[:, prompt_len + t] = 1
         with autocast(device):
-            out = model(input_ids=token[:, None], attention_mask=attention[:, : prompt_len + t + 1],
-                        position_ids=position[:, None], past_key_values=out.past_key_values, use_cache=True)
-        logits = out.logits[:, -1]  # (B, V)
+            out = model(input_ids=token[live, None], attention_mask=attention[:, : prompt_len + t + 1],
+                        position_ids=position[:, None], past_key_values=out.past_key_values, use_cache=True,
+                        output_hidden_states=output_hidden)
+        logits = out.logits[:, -1]  # (b, V)
+        state = out.hidden_states[-1][:, -1] if output_hidden else None  # (b, H)
     if running.any():
         raise RuntimeError(
             f"sub-envs {np.flatnonzero(running).tolist()} did not end within max_new_tokens={max_new}; "
@@ -305,18 +343,83 @@ def rollout(
         response_ids=torch.stack(tokens, 1),  # (B, T)
         response_mask=response_mask,
         logprobs=torch.stack(logps, 1),  # (B, T)
+        entropy=torch.stack(entropies, 1),  # (B, T)
         rewards=rewards,
         infos=final_infos,
         action_masks=torch.stack(step_masks, 1) if masked else None,  # (B, T, V)
+        hidden=torch.stack(hiddens, 1) if output_hidden else None,  # (B, T, H)
     )
 
 
-def sequence_inputs(batch: RolloutBatch, index: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """``input_ids``, ``attention_mask`` and ``position_ids`` (b, P+T) of prompt + response rows."""
+@dataclass
+class PackedSequences:
+    """Prompt + response sequences packed end to end into a few rows: one forward pass without padding.
+
+    A padded batch (prompts left-padded to the longest, responses right-padded to the longest)
+    computed about twice the real tokens on the default task (prompts of 3..32 tokens, responses
+    of 1..32). Packed, a row holds whole sequences one after another and ``position_ids`` restart
+    at 0 for each; given no ``attention_mask``, transformers detects the restarts and masks
+    attention between the sequences of a row (its packed-sequence format). Log-probs equal the
+    padded pass's up to float rounding (tests/test_rollout.py).
+    """
+
+    input_ids: torch.Tensor
+    """(R, W) tokens; the free slots at the end of a row repeat its first token (nothing real attends to them)."""
+    position_ids: torch.Tensor
+    """(R, W) each token's position within its own sequence."""
+    states: torch.Tensor
+    """(N,) flat index into the (R * W) slots of the position that predicts each real response token."""
+    mask: torch.Tensor
+    """(b, T) bool real response tokens: :meth:`unpack` puts the N per-token values back in this shape."""
+
+    def inputs(self) -> dict[str, torch.Tensor]:
+        """Keyword arguments of the model's forward pass."""
+        return {"input_ids": self.input_ids, "position_ids": self.position_ids}
+
+    def select(self, x: torch.Tensor) -> torch.Tensor:
+        """(R, W, ...) per-slot outputs -> (N, ...) at the states that predict the response tokens."""
+        return x.flatten(0, 1)[self.states]
+
+    def unpack(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, ...) per-token values -> (b, T, ...), 0 on padding."""
+        return x.new_zeros((*self.mask.shape, *x.shape[1:])).index_put((self.mask,), x)
+
+
+def pack_sequences(batch: RolloutBatch, index: torch.Tensor | None = None) -> PackedSequences:
+    """Pack prompt + response of (the ``index`` rows of) ``batch``, rows as wide as the longest sequence."""
     rows = slice(None) if index is None else index
-    input_ids = torch.cat([batch.prompt_ids[rows], batch.response_ids[rows]], 1)  # (b, P+T)
-    attention = torch.cat([batch.prompt_mask[rows], batch.response_mask[rows]], 1)  # (b, P+T)
-    return {"input_ids": input_ids, "attention_mask": attention, "position_ids": _positions(attention)}
+    prompt_ids, prompt_lengths = batch.prompt_ids[rows], batch.prompt_mask[rows].sum(1)  # (b, P), (b,)
+    response_ids, mask = batch.response_ids[rows], batch.response_mask[rows].bool()  # (b, T)
+    device, (n, width_p), n_resp = prompt_ids.device, prompt_ids.shape, response_ids.shape[1]
+    lengths = prompt_lengths + mask.sum(1)  # (b,)
+    sizes = lengths.tolist()
+    width = max(sizes)
+    # First-fit decreasing: longest sequence first, each into the first row with room for it.
+    room: list[int] = []  # free slots left in each row
+    start = [0] * n  # flat slot of each sequence's first token
+    for i in sorted(range(n), key=sizes.__getitem__, reverse=True):
+        row = next((r for r, free in enumerate(room) if free >= sizes[i]), len(room))
+        if row == len(room):
+            room.append(width)
+        start[i] = row * width + width - room[row]
+        room[row] -= sizes[i]
+    first = torch.tensor(start, device=device)  # (b,)
+    cols = torch.arange(width, device=device)  # (W,)
+    # Sequence i is the prompt's real tokens then the response: prompt + response from column P - p_i on.
+    source = ((width_p - prompt_lengths)[:, None] + cols).clamp(max=width_p + n_resp - 1)  # (b, W)
+    tokens = torch.cat([prompt_ids, response_ids], 1).gather(1, source)  # (b, W)
+    real = cols < lengths[:, None]  # (b, W)
+    slots = (first[:, None] + cols)[real]  # (sum of lengths,) flat destination of every real token
+    input_ids = torch.zeros(len(room) * width, dtype=torch.long, device=device).index_put((slots,), tokens[real])
+    filled = torch.zeros(len(room) * width, dtype=torch.bool, device=device).index_put((slots,), torch.tensor(True))
+    position_ids = cols.repeat(len(room)).index_put((slots,), cols.expand(n, width)[real])  # (R * W,)
+    input_ids = input_ids.view(len(room), width)  # (R, W)
+    # Not the pad id in free slots: models that see it with no attention_mask warn about padding.
+    input_ids = torch.where(filled.view_as(input_ids), input_ids, input_ids[:, :1])
+    # Response token t of sequence i is predicted at the sequence's position p_i - 1 + t.
+    states = (first + prompt_lengths - 1)[:, None] + torch.arange(n_resp, device=device)  # (b, T)
+    return PackedSequences(input_ids=input_ids, position_ids=position_ids.view_as(input_ids),
+                           states=states[mask], mask=mask)
 
 
 def response_logprobs(
@@ -327,25 +430,37 @@ def response_logprobs(
     output_hidden: bool = False,
     index: torch.Tensor | None = None,
 ) -> ResponseOutput:
-    """Log-probs and entropy of each response token in one forward pass over prompt + response.
+    """Log-probs of each response token in one forward pass over the packed prompt + response sequences.
 
-    Runs under the caller's grad mode: wrap in ``torch.no_grad()`` for reference and old
+    Runs under the caller's grad mode: wrap in ``torch.no_grad()`` for reference
     log-probs. ``index`` selects a minibatch of rows. With ``output_hidden``, also the
     last hidden states that predict each token (what a shared value head reads).
+    ``model`` is a transformers causal LM (``get_output_embeddings()``) whose attention keeps the
+    packed sequences of a row apart: sdpa (the default), eager or flex attention.
     """
+    attention = getattr(getattr(model, "config", None), "_attn_implementation", None) or ""
+    if attention.startswith("flash"):
+        raise ValueError(
+            f"the model uses {attention}, which keeps packed sequences apart only in a batch of one row; "
+            "load it with attn_implementation='sdpa'."
+        )
     rows = slice(None) if index is None else index
-    response_ids, response_mask = batch.response_ids[rows], batch.response_mask[rows]  # (b, T)
-    n_resp = response_ids.shape[1]
-    with autocast(response_ids.device):
-        out = model(**sequence_inputs(batch, index), use_cache=False, output_hidden_states=output_hidden,
-                    logits_to_keep=n_resp + 1)
-    allowed = None if batch.action_masks is None else batch.action_masks[rows]  # (b, T, V)
-    # Position P-1+t predicts response token t; the last position predicts nothing.
-    logp_all = next_token_logprobs(out.logits[:, :-1], temperature, vocab_size, allowed)  # (b, T, V)
-    logp = logp_all.gather(-1, response_ids[..., None]).squeeze(-1) * response_mask  # (b, T)
-    entropy = -(logp_all.exp() * logp_all).sum(-1) * response_mask  # (b, T)
-    hidden = out.hidden_states[-1][:, -n_resp - 1 : -1] if output_hidden else None  # (b, T, H)
-    return ResponseOutput(logprobs=logp, entropy=entropy, hidden=hidden)
+    packed = pack_sequences(batch, index)
+    # The output layer needs only the N states that predict response tokens, not all R * W slots
+    # (a third of the slots hold prompts): a pre-hook hands it just those, and any logit
+    # post-processing of the model (softcapping, scaling) still applies to them.
+    hook = model.get_output_embeddings().register_forward_pre_hook(lambda _, args: (packed.select(args[0])[None],))
+    try:
+        with autocast(packed.input_ids.device):
+            out = model(**packed.inputs(), use_cache=False, output_hidden_states=output_hidden)
+    finally:
+        hook.remove()
+    allowed = None if batch.action_masks is None else batch.action_masks[rows][packed.mask]  # (N, V)
+    logp_all = next_token_logprobs(out.logits[0], temperature, vocab_size, allowed)  # (N, V)
+    tokens = batch.response_ids[rows][packed.mask]  # (N,)
+    logp = packed.unpack(logp_all.gather(-1, tokens[:, None]).squeeze(-1))  # (b, T)
+    hidden = packed.unpack(packed.select(out.hidden_states[-1])) if output_hidden else None  # (b, T, H)
+    return ResponseOutput(logprobs=logp, hidden=hidden)
 
 
 @torch.no_grad()

@@ -44,7 +44,8 @@ def test_rloo_learns_count_task(tmp_path):
     late = np.mean([r["score"] for r in rows[-3:]])
     print(f"RLOO: {len(rows)} iterations, score {rows[0]['score']:.2f} -> {late:.2f}")
     assert rows[0]["score"] < 1.5 and late > 3.0
-    assert rows[0]["kl"] == 0.0 and rows[-1]["kl"] > 0.5
+    # Policy == reference at first: rollout and reference log-probs agree up to float rounding.
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-5) and rows[-1]["kl"] > 0.5
     saved = tmp_path / "saved"
     agent.save(saved)
     loaded = RLOO.load(saved, task)

@@ -1,4 +1,4 @@
-"""torchrun data parallelism: 2 processes take the same PPOKL step as 1 process over the same global batch."""
+"""torchrun data parallelism: 2 processes take the same PPOKL or RLOO step as 1 process over the same global batch."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ import pytest
 import torch
 from rl_helpers import count_task, tiny_lm, torchrun
 
-from agents import RLOO, RLOOConfig
+from agents import BestOfN, BestOfNConfig
 from agents.distributed import DistInfo, init_distributed, masked_whiten_global, reduce_metrics
 from agents.ppo_utils import masked_whiten
 
 TESTS = Path(__file__).resolve().parent
 
 
-def run_worker(nproc: int, out: Path) -> None:
-    torchrun(nproc, str(TESTS / "distributed_worker.py"), str(out))
+def run_worker(nproc: int, out: Path, algorithm: str) -> None:
+    torchrun(nproc, str(TESTS / "distributed_worker.py"), str(out), algorithm)
 
 
 def log_rows(out: Path) -> list[dict[str, float]]:
@@ -25,10 +25,14 @@ def log_rows(out: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
 
 
-def test_two_ranks_match_one_process(tmp_path):
+@pytest.mark.parametrize(("algorithm", "logged"), [
+    ("ppo_kl", ("score", "kl", "beta", "response_length", "policy_loss", "value_loss", "clipfrac", "approx_kl")),
+    ("rloo", ("score", "kl", "objective", "response_length", "policy_loss", "advantage_std", "grad_norm")),
+])
+def test_two_ranks_match_one_process(tmp_path, algorithm, logged):
     one, two = tmp_path / "one", tmp_path / "two"
-    run_worker(1, one)
-    run_worker(2, two)
+    run_worker(1, one, algorithm)
+    run_worker(2, two, algorithm)
     single = torch.load(one / "rank0.pt")
     ranks = [torch.load(two / f"rank{r}.pt") for r in (0, 1)]
     initial = dict(tiny_lm(count_task()).named_parameters())
@@ -40,12 +44,14 @@ def test_two_ranks_match_one_process(tmp_path):
     for k in single["params"]:  # the ranks hold one model
         assert torch.equal(ranks[0]["params"][k], ranks[1]["params"][k])
     assert single["timesteps"] == ranks[0]["timesteps"] == ranks[1]["timesteps"]  # global count on every rank
-    assert ranks[0]["beta"] == ranks[1]["beta"] == pytest.approx(single["beta"], rel=1e-6) != 0.1
+    assert ranks[0]["beta"] == ranks[1]["beta"] == pytest.approx(single["beta"], rel=1e-6)
+    if algorithm == "ppo_kl":
+        assert single["beta"] != 0.1  # the adaptive controller moved, on the global KL
     # Rank 0 alone logged (one row per iteration) the global statistics, and saved the checkpoint.
     rows_one, rows_two = log_rows(one), log_rows(two)
     assert len(rows_one) == len(rows_two) == 2
     for a, b in zip(rows_one, rows_two, strict=True):
-        for key in ("score", "kl", "beta", "response_length", "policy_loss", "value_loss", "clipfrac", "approx_kl"):
+        for key in logged:
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
     assert (two / "saved" / "state.json").is_file()
 
@@ -62,9 +68,11 @@ def test_unsupported_agent_and_bad_split_fail_clearly(monkeypatch):
     # A fake 2-process environment: the checks run before any process group is joined.
     monkeypatch.setattr("agents.base.init_distributed", lambda: DistInfo(rank=0, world_size=2))
     task = count_task()
-    with pytest.raises(RuntimeError, match="RLOO does not support torchrun"):
-        RLOO(task, policy=tiny_lm(task), config=RLOOConfig(batch_size=8, rloo_k=2, checkpoint_every=0))
-    from agents import PPOKL, PPOKLConfig
+    with pytest.raises(RuntimeError, match="BestOfN does not support torchrun"):
+        BestOfN(task, policy=tiny_lm(task), config=BestOfNConfig(batch_size=8, n=2, checkpoint_every=0))
+    from agents import PPOKL, RLOO, PPOKLConfig, RLOOConfig
 
     with pytest.raises(ValueError, match="batch_size=9 is the global batch"):
         PPOKL(task, policy=tiny_lm(task), config=PPOKLConfig(batch_size=9, num_minibatches=1, checkpoint_every=0))
+    with pytest.raises(ValueError, match="rloo_k=4 must divide each rank's 2 episodes"):  # groups stay on one rank
+        RLOO(task, policy=tiny_lm(task), config=RLOOConfig(batch_size=4, rloo_k=4, checkpoint_every=0))

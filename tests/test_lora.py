@@ -48,7 +48,9 @@ def test_only_adapters_train_and_reference_is_the_disabled_adapter(tmp_path):
     assert {id(p) for p in agent.policy.parameters() if not p.requires_grad}.isdisjoint(optimised)
     frozen = base_weights(agent)
     agent.learn(1, progress_bar=False)
-    assert progress(tmp_path / "run")[0]["kl"] == 0.0  # B = 0 at init: policy == reference exactly
+    # B = 0 at init: policy == reference; the KL is 0 up to the rounding between the rollout's
+    # cached decoding and the reference's packed pass.
+    assert abs(progress(tmp_path / "run")[0]["kl"]) < 1e-5
     assert all(torch.equal(frozen[k], v) for k, v in agent.policy.named_parameters() if k in frozen)
     ids = torch.tensor([[1, 4, 5, 4, 4]])
     with torch.no_grad():

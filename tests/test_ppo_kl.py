@@ -39,11 +39,14 @@ def progress(log_dir: Path | str) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
 
 
-def test_first_iteration_kl_is_exactly_zero(tmp_path):
+def test_first_iteration_kl_is_zero(tmp_path):
     agent = make_agent(tmp_path, init_kl_coef=0.2)
     agent.learn(1, progress_bar=False)
     (row,) = progress(tmp_path / "run")
-    assert row["kl"] == row["kl_k1"] == row["kl_k3"] == 0.0  # policy == reference before any update
+    # Policy == reference before any update: the rollout's log-probs and the reference pass's agree
+    # up to float rounding (they come from a KV-cached and a packed forward pass).
+    for key in ("kl", "kl_k1", "kl_k3"):
+        assert row[key] == pytest.approx(0.0, abs=1e-5), key
     assert row["beta"] == 0.2
     assert row["approx_kl"] > 0  # the update itself did move the policy
     for key in ("score", "entropy", "clipfrac", "value_loss", "explained_variance", "response_length",

@@ -75,7 +75,8 @@ def test_ppokl_with_two_workers_follows_the_single_process_learning_curve(tmp_pa
     print("score local ", [round(r["score"], 2) for r in local])
     print("score 2 workers", [round(r["score"], 2) for r in remote])
     assert len(local) == len(remote)
-    assert remote[0]["score"] == local[0]["score"] and remote[0]["kl"] == local[0]["kl"] == 0.0  # the same batch
+    assert remote[0]["score"] == local[0]["score"]  # the same first batch
+    assert abs(remote[0]["kl"]) < 1e-5 and abs(local[0]["kl"]) < 1e-5  # policy == reference, up to rounding
     for key in ("score", "kl", "response_length", "clipfrac"):
         assert np.mean([r[key] for r in remote]) == pytest.approx(np.mean([r[key] for r in local]), rel=0.05, abs=0.02)
     assert np.mean([r["score"] for r in remote[-3:]]) > local[0]["score"] + 2  # the workers learned along

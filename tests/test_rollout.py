@@ -11,7 +11,14 @@ import torch
 from gymnasium.vector import AutoresetMode
 from rl_helpers import count_task, tiny_lm
 
-from agents.rollout import make_rollout_env, response_logprobs, rollout, sample_next_token
+from agents.rollout import (
+    make_rollout_env,
+    next_token_logprobs,
+    pack_sequences,
+    response_logprobs,
+    rollout,
+    sample_next_token,
+)
 from text_env import TextGenerationEnv, TextGenerationVectorEnv
 
 torch.set_num_threads(1)
@@ -28,17 +35,47 @@ def _rollout(model, task, n=16, **kwargs):
     return rollout(model, make_rollout_env(task, n), seed=0, generator=torch.Generator().manual_seed(0), **kwargs)
 
 
-@pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_logprobs_match_full_recomputation(task, temperature):
+def padded_logprobs(model, batch, temperature):
+    """(B, T, V) next-token log-probs of the batch padded the plain way: left-padded prompts, an attention mask."""
+    ids = torch.cat([batch.prompt_ids, batch.response_ids], 1)
+    mask = torch.cat([batch.prompt_mask, batch.response_mask], 1)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0)).logits
+    return next_token_logprobs(logits[:, batch.prompt_ids.shape[1] - 1 : -1], temperature, logits.shape[-1])
+
+
+@pytest.mark.parametrize(("temperature", "group_size"), [(1.0, 1), (0.7, 1), (1.0, 4)])
+def test_rollout_logprobs_equal_recomputed_ones(task, temperature, group_size):
+    # RLOO and PPOKL take the policy's old log-probs, entropy and (shared value head) hidden states
+    # from the rollout instead of a second forward pass: valid because they equal a recomputation.
+    # (Groups prefill their shared prompt once; finished rows leave the model's batch.)
     model = tiny_lm(task)
-    batch = _rollout(model, task, temperature=temperature)
+    batch = _rollout(model, task, temperature=temperature, group_size=group_size, output_hidden=True)
     lengths = batch.prompt_mask.sum(1)
     assert lengths.min() < lengths.max(), "the batch must mix prompt lengths to exercise left padding"
     assert batch.lengths.min() < batch.lengths.max(), "and response lengths, to exercise finished rows"
-    full = response_logprobs(model, batch, temperature, task.vocab_size)
+    mask = batch.response_mask == 1
+    full = response_logprobs(model, batch, temperature, task.vocab_size, output_hidden=True)
     assert torch.allclose(full.logprobs, batch.logprobs, atol=1e-5)
-    assert (full.entropy[batch.response_mask == 1] > 0).all()
-    assert (full.logprobs[batch.response_mask == 0] == 0).all()
+    assert torch.allclose(full.hidden, batch.hidden, atol=1e-5)
+    assert (full.logprobs[~mask] == 0).all() and (batch.logprobs[~mask] == 0).all() and (batch.hidden[~mask] == 0).all()
+    logp = padded_logprobs(model, batch, temperature)  # (B, T, V)
+    entropy = -(logp.exp() * logp).sum(-1) * mask
+    assert torch.allclose(batch.entropy, entropy, atol=1e-5) and (batch.entropy[mask] > 0).all()
+
+
+def test_packed_sequences_match_the_padded_forward(task):
+    model = tiny_lm(task)
+    batch = _rollout(model, task)
+    packed = pack_sequences(batch)
+    rows = packed.input_ids.shape[0]
+    assert (packed.position_ids == 0).sum() > rows, "some rows must hold several sequences"
+    assert packed.input_ids.numel() < batch.prompt_ids.numel() + batch.response_ids.numel()  # less than padded
+    expected = padded_logprobs(model, batch, 1.0).gather(-1, batch.response_ids[..., None]).squeeze(-1)
+    expected = expected * batch.response_mask  # (B, T)
+    assert torch.allclose(response_logprobs(model, batch, 1.0, task.vocab_size).logprobs, expected, atol=1e-5)
+    index = torch.tensor([5, 0, 11])  # a minibatch packs on its own
+    got = response_logprobs(model, batch, 1.0, task.vocab_size, index=index).logprobs
+    assert torch.allclose(got, expected[index], atol=1e-5)
 
 
 def test_responses_match_env_infos(task):
@@ -58,19 +95,26 @@ def test_responses_match_env_infos(task):
 
 def test_one_forward_per_token_with_only_new_tokens(task):
     model = tiny_lm(task)
-    widths = []
-    model.register_forward_pre_hook(lambda m, args, kwargs: widths.append(kwargs["input_ids"].shape[1]),
+    shapes = []
+    model.register_forward_pre_hook(lambda m, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)),
                                     with_kwargs=True)
     batch = _rollout(model, task)
     steps = batch.response_ids.shape[1]
-    assert widths[0] == batch.prompt_ids.shape[1]  # one prefill over the prompts
-    assert widths[1:] == [1] * (steps - 1)  # then one new token per step, KV cache reused
+    assert shapes[0] == tuple(batch.prompt_ids.shape)  # one prefill over the prompts
+    assert [w for _, w in shapes[1:]] == [1] * (steps - 1)  # then one new token per step, KV cache reused
+    # ... of the episodes still running only: step k feeds the rows whose response is longer than k.
+    assert [b for b, _ in shapes[1:]] == [int((batch.lengths > k).sum()) for k in range(1, steps)]
 
 
 def test_groups_share_prompts_and_explicit_prompts(task):
-    batch = _rollout(tiny_lm(task), task, n=8, group_size=4)
+    model = tiny_lm(task)
+    prefill = []
+    model.register_forward_pre_hook(lambda m, args, kwargs: prefill.append(kwargs["input_ids"].shape) or None,
+                                    with_kwargs=True)
+    batch = _rollout(model, task, n=8, group_size=4)
     prompts = [info["prompt"] for info in batch.infos]
     assert prompts[:4] == [prompts[0]] * 4 and prompts[4:] == [prompts[4]] * 4
+    assert prefill[0][0] == 2  # each group's prompt is prefilled once
     batch = _rollout(tiny_lm(task), task, n=4, group_size=2, prompts=["b", "aa"])
     assert [info["prompt"] for info in batch.infos] == ["b", "b", "aa", "aa"]
     with pytest.raises(ValueError, match="group_size=3"):
