@@ -19,6 +19,7 @@ from gymnasium.utils.env_checker import check_env
 from gymnasium.vector import AutoresetMode
 
 from reward_models import FunctionRewardModel
+from reward_models.hf import resolve_device
 from reward_models.io import DataError, read_jsonl
 from text_env import TextGenerationEnv, TextGenerationVectorEnv
 from text_env import chess as chess_env
@@ -34,6 +35,7 @@ from text_env.chess import (
     make_chess_env,
     win_probability,
 )
+from text_env.chess_eval import critic_agreement, grade_moves, illegal_rate, play_moves
 
 try:
     chess_env.find_stockfish()
@@ -83,14 +85,16 @@ def test_tokenizer_covers_fens_and_moves():
         assert tok.decode(ids, skip_special_tokens=True) == fen
 
 
-def test_gymnasium_and_sb3_check_env():
-    # Without masks: check_env steps with unmasked random actions, which TextGenerationEnv
-    # rejects when a mask is on; the masked env is covered by the tests below.
-    check_env(make_chess_env(critic=NO_CRITIC, mask_illegal=False, render_mode="ansi"), skip_render_check=False)
+@pytest.mark.parametrize("mask_illegal", [True, False])
+def test_gymnasium_and_sb3_check_env(mask_illegal):
+    # check_env steps with unmasked random actions: the chess task takes a masked-out
+    # character (the move becomes illegal) instead of raising, so masks pass too.
+    env = gym.make("ChessMoveCritic-v0", critic=NO_CRITIC, mask_illegal=mask_illegal, render_mode="ansi")
+    check_env(env.unwrapped, skip_render_check=False)
     sb3_checker = pytest.importorskip("stable_baselines3.common.env_checker")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        sb3_checker.check_env(make_chess_env(critic=NO_CRITIC, mask_illegal=False), warn=True)
+        sb3_checker.check_env(make_chess_env(critic=NO_CRITIC, mask_illegal=mask_illegal), warn=True)
 
 
 @needs_stockfish
@@ -165,10 +169,24 @@ def test_promotion_masks_and_episode():
     _, reward, terminated, _, info = write_move(env, "e7d8n", eos=False)  # 5 characters end the episode
     assert terminated and info["end_reason"] == "max_new_tokens" and reward == 1.0
     env.reset(options={"prompt": PROMOTION})
-    for c in "e7e8":
-        env.step(tok.convert_tokens_to_ids(c))
-    with pytest.raises(ValueError, match="masked out"):
-        env.step(tok.eos_token_id)  # e7e8 without a piece is no move
+    _, reward, terminated, _, info = write_move(env, "e7e8")  # EOS is masked out: e7e8 without a piece is no move
+    assert terminated and info["legal"] is False and reward == 0.0
+
+
+def test_masked_out_characters_are_taken_and_make_the_move_illegal():
+    tok = chess_tokenizer()
+    env = make_chess_env(critic=NO_CRITIC)
+    _, info = env.reset(options={"prompt": chess.STARTING_FEN})
+    _, _, terminated, _, info = env.step(tok.convert_tokens_to_ids("e"))
+    assert not terminated and not info["action_mask"][tok.convert_tokens_to_ids("7")]
+    _, _, terminated, _, info = env.step(tok.convert_tokens_to_ids("7"))  # masked out: no white move starts e7
+    assert not terminated and tok.convert_ids_to_tokens(np.flatnonzero(info["action_mask"]).tolist()) == ["<eos>"]
+    _, reward, terminated, _, info = env.step(tok.eos_token_id)
+    assert terminated and info["response"] == "e7" and info["legal"] is False
+    vec = chess_env.make_chess_vector_env(2, critic=NO_CRITIC, autoreset_mode=AutoresetMode.DISABLED)
+    vec.reset(seed=0)
+    vec.step(np.full(2, tok.convert_tokens_to_ids("-")))  # in the alphabet, never in a move
+    assert vec.action_masks().sum(1).tolist() == [1, 1]  # EOS only
 
 
 def test_mask_off_allows_everything():
@@ -214,6 +232,33 @@ def test_stockfish_scores_best_move_top_and_blunder_low():
         assert max(s for m, s in scores.items() if m != "a1a8") < 1.0  # only mate keeps W = 1
     finally:
         critic.close()
+
+
+@needs_stockfish
+def test_centipawn_loss_and_grades():
+    critic = StockfishCritic(depth=6)
+    try:
+        best = critic.best_move(QUEEN_ATTACKED)
+        losses = {m: critic.centipawn_loss(QUEEN_ATTACKED, m) for m in (best, "d5d8", "a7a6", "e2e5")}
+        assert losses[best] == 0.0 and 0.0 <= losses["d5d8"] < 150
+        assert 600 < losses["a7a6"] <= losses["e2e5"]  # the hung queen; an illegal move forfeits: no better
+        assert critic.centipawn_loss(MATE_IN_ONE, "a1a8") == 0.0
+        assert 0 < critic.centipawn_loss(MATE_IN_ONE, "g1f1") < 1000  # still a rook up: the clip caps the missed mate
+        assert critic.centipawn_loss(MATE_IN_ONE, "e2e4") == 2000  # from a mate (+1000) to a forfeit (-1000)
+        grades = grade_moves(critic, [QUEEN_ATTACKED] * 3 + [MATE_IN_ONE], [best, "a7a6", "e2e5", "a1a8"])
+        assert grades.moves == 4 and grades.illegal_rate == 0.25
+        assert grades.mean_cp_loss == pytest.approx((losses["a7a6"] + losses["e2e5"]) / 4)
+        a7a6 = critic.move_score(QUEEN_ATTACKED, "a7a6")
+        assert grades.mean_score == pytest.approx((1.0 + a7a6 + critic.illegal_score + 1.0) / 4)
+    finally:
+        critic.close()
+
+
+def test_clipped_cp():
+    assert chess_env.clipped_cp(chess.engine.Cp(250)) == 250
+    assert chess_env.clipped_cp(chess.engine.Cp(-4000)) == -1000
+    assert chess_env.clipped_cp(chess.engine.Mate(3)) == 1000 and chess_env.clipped_cp(chess.engine.Mate(-1)) == -1000
+    assert chess_env.clipped_cp(chess.engine.MateGiven) == 1000
 
 
 @needs_stockfish
@@ -287,6 +332,7 @@ def test_learned_critic_is_the_default_and_needs_no_engine(monkeypatch, tmp_path
 
 def test_learned_critic_penalises_illegal_moves_and_is_deterministic():
     critic = LearnedCritic()
+    assert next(critic.model.model.parameters()).device == resolve_device("auto")  # device="auto" by default
     fens = [chess.STARTING_FEN] * 5 + [QUEEN_ATTACKED] * 2
     moves = ["e2e4", "e2e5", "", "e2e4 ", "g1f3", "d5d8", "a7a6"]
     scores = critic.score(fens, moves)
@@ -312,25 +358,31 @@ def test_learned_critic_records_its_held_out_quality():
 def test_learned_critic_agrees_with_stockfish_on_held_out_positions():
     rng = np.random.default_rng(0)
     fens = [load_positions(EVAL_POSITIONS)[i] for i in rng.choice(500, size=25, replace=False)]
-    pairs, moves = [], []
-    for fen in fens:
-        for move in rng.choice(sorted(legal_moves(fen)), size=4, replace=False):
-            pairs.append(fen)
-            moves.append(str(move))
     engine = StockfishCritic(depth=8)
     try:
-        truth = engine.score(pairs, moves).reshape(25, 4)
+        agreement = critic_agreement(LearnedCritic(), engine, fens, moves_per_position=4, min_gap=0.05)
+        assert agreement.pairs > 50 and agreement.rate > 0.6
+        perfect = critic_agreement(engine, engine, fens[:5])  # Stockfish agrees with itself
+        assert perfect.rate == 1.0
     finally:
         engine.close()
-    learned = LearnedCritic().score(pairs, moves).reshape(25, 4)
-    agree = total = 0
-    for t, s in zip(truth, learned, strict=True):
-        for i in range(4):
-            for j in range(i + 1, 4):
-                if abs(t[i] - t[j]) >= 0.05:  # a clear Stockfish preference
-                    agree += (t[i] > t[j]) == (s[i] > s[j])
-                    total += 1
-    assert total > 50 and agree / total > 0.6
+    with pytest.raises(ValueError, match="moves_per_position=1"):
+        critic_agreement(NO_CRITIC, engine, fens, moves_per_position=1)
+
+
+def test_sft_policy_illegal_move_rate_with_and_without_masks(tmp_path):
+    from agents import AgentConfig, ReferenceAgent
+    from text_env.chess import CHESS_POLICY
+
+    fens = load_positions(EVAL_POSITIONS)[:6]
+    config = AgentConfig(batch_size=2, log_dir=str(tmp_path), checkpoint_every=0)
+    sft = ReferenceAgent(chess_env.chess_task(NO_CRITIC), policy=CHESS_POLICY, config=config)
+    unmasked = play_moves(sft, fens, mask_illegal=False)
+    assert len(unmasked) == 6 and 0.0 <= illegal_rate(fens, unmasked) <= 1.0
+    assert illegal_rate(fens, play_moves(sft, fens, mask_illegal=True)) == 0.0
+    assert illegal_rate([chess.STARTING_FEN] * 4, ["e2e4", "e2e5", "", "g1f3"]) == 0.5
+    with pytest.raises(ValueError, match="one move per position"):
+        illegal_rate(fens, unmasked[:2])
 
 
 # ---- engine lifetime -----------------------------------------------------------------
@@ -531,6 +583,25 @@ def test_positions_argument_and_bad_input(tmp_path):
 
 
 # ---- the learned critic's and the default policy's builders ----------------------------
+def test_build_records_hold_no_machine_specific_paths(tmp_path):
+    from text_env.chess_critic import CriticBuildConfig
+    from text_env.chess_policy import PolicyBuildConfig
+
+    record = chess_env.portable_config(CriticBuildConfig(out=str(tmp_path / "c"), work=str(tmp_path / "w"),
+                                                         stockfish_path="/opt/sf/stockfish"))
+    assert "out" not in record and "work" not in record
+    assert record["train_positions"] == "text_env/assets/chess/positions.jsonl"
+    assert record["stockfish_path"] == "/opt/sf/stockfish"  # outside the project: kept as given
+    assert chess_env.portable_config(PolicyBuildConfig(eval_positions="rel/p.jsonl"))["eval_positions"] == "rel/p.jsonl"
+    shipped = [chess_env.ASSETS / "positions_meta.json", chess_env.LEARNED_CRITIC / "critic.json",
+               chess_env.CHESS_POLICY / "policy.json"]
+    for path in shipped:
+        text = path.read_text()
+        assert "/tmp" not in text and str(chess_env.PACKAGE_ROOT) not in text, path
+        assert not {"out", "work"} & set(json.loads(text)["config"]), path
+
+
+
 @needs_stockfish
 def test_weak_engine_demonstrations_are_seeded_legal_and_weak(tmp_path):
     from text_env.chess_policy import PolicyBuildConfig, WeakEngine

@@ -1,4 +1,4 @@
-"""Smoke runs of the story examples with tiny budgets: quickstart, compare_agents, human_feedback."""
+"""Smoke runs of the story examples with tiny budgets: quickstart, compare_agents, human_feedback, ppo_kl_chess."""
 
 from __future__ import annotations
 
@@ -90,3 +90,24 @@ def test_human_feedback_waits_for_every_label_then_exports_the_rankings(tmp_path
     server.join(timeout=30)
     assert not server.is_alive() and done == [2]
     assert [p.responses for p in load_preferences(out)] == [("z", "x", "y"), ("u", "v", "w")]
+
+
+def test_ppo_kl_chess_grades_every_policy_on_held_out_positions(capsys):
+    from text_env.chess import find_stockfish
+
+    try:
+        find_stockfish()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    import ppo_kl_chess
+
+    results = ppo_kl_chess.main(["--timesteps", "64", "--positions", "4", "--depth", "2", "--batch-size", "8"])
+    assert list(results) == ["SFT policy, masks off", "random (masked characters)", "SFT policy",
+                             "best-of-4, learned critic", "best-of-4, stockfish critic",
+                             "PPOKL, learned critic", "PPOKL, stockfish critic"]
+    for label, grades in results.items():
+        assert grades.moves == 4 and 0.0 <= grades.illegal_rate <= 1.0 and 0.0 <= grades.mean_cp_loss <= 2000
+        assert grades.illegal_rate == 0.0 or label.endswith("masks off"), label  # masks on: legal moves only
+    out = capsys.readouterr().out
+    assert "| PPOKL, stockfish critic | on |" in out
+    assert "pairwise agreement" in out and "critic.json" in out

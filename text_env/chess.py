@@ -6,7 +6,8 @@ shipped learned critic (a reward model trained on Stockfish-labelled move rankin
 any :class:`~reward_models.RewardModel`. Legal-move action masks come from a trie over
 the position's legal moves. The shipped assets are built by :mod:`text_env.chess_positions`
 (positions), :mod:`text_env.chess_critic` (the learned critic) and :mod:`text_env.chess_policy`
-(the default policy's demonstrations; ``agents.sft`` trains it).
+(the default policy's demonstrations; ``agents.sft`` trains it); :mod:`text_env.chess_eval`
+grades policies with Stockfish.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import shutil
 import threading
 import weakref
 from collections.abc import Sequence
+from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -48,7 +50,11 @@ ILLEGAL_SCORE = -1.0
 """Default score of an illegal or unparseable move: one below the worst legal score (0)."""
 LICHESS_WIN_SLOPE = 0.00368208
 """Slope of Lichess's centipawn-to-win-probability logistic (lichess.org/page/accuracy)."""
+CP_CLIP = 1000
+"""Evaluations are clipped to +-1000 centipawns (a forced mate counts as the clip) before a centipawn loss."""
 
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+"""The folder holding the ``text_env`` package (the project root in a checkout)."""
 ASSETS = Path(__file__).parent / "assets" / "chess"
 TRAIN_POSITIONS = ASSETS / "positions.jsonl"
 """Shipped training positions (the default prompt source)."""
@@ -168,6 +174,26 @@ def _read_positions(path: str, version: tuple[int, int] | None) -> tuple[str, ..
     if not fens:
         raise DataError(f"{path}: no positions; each line must be a JSON object with a 'fen' key.")
     return tuple(fens)
+
+
+def portable_config(config: Any) -> dict[str, Any]:
+    """A build config as the shipped assets record it: no machine-specific paths.
+
+    ``out`` and ``work`` (where the build wrote, not how it built) are left out, and
+    absolute paths under :data:`PACKAGE_ROOT` become relative to it.
+
+    Example:
+        >>> from text_env.chess_critic import CriticBuildConfig
+        >>> portable_config(CriticBuildConfig(out="/tmp/critic"))["train_positions"]
+        'text_env/assets/chess/positions.jsonl'
+    """
+
+    def portable(value: Any) -> Any:
+        if isinstance(value, str) and os.path.isabs(value) and Path(value).resolve().is_relative_to(PACKAGE_ROOT):
+            return Path(value).resolve().relative_to(PACKAGE_ROOT).as_posix()
+        return value
+
+    return {k: portable(v) for k, v in asdict(config).items() if k not in ("out", "work")}
 
 
 # ---- legal-move action masks ---------------------------------------------------------
@@ -304,6 +330,11 @@ def win_probability(score: chess.engine.Score) -> float:
     return 1.0 / (1.0 + math.exp(-LICHESS_WIN_SLOPE * score.score()))
 
 
+def clipped_cp(score: chess.engine.Score) -> int:
+    """An evaluation in centipawns from the side to move, clipped to ``[-CP_CLIP, CP_CLIP]``."""
+    return max(-CP_CLIP, min(CP_CLIP, score.score(mate_score=10 * CP_CLIP)))
+
+
 def move_accuracy(win_probability_loss: float) -> float:
     """Lichess's move accuracy in [0, 1] for a loss of win probability (lichess.org/page/accuracy).
 
@@ -329,6 +360,7 @@ class StockfishCritic:
     ~0.1 (a forced mate counts as W = 1, being mated as W = 0). Illegal or unparseable moves
     score ``illegal_score`` (default -1, below every legal move). Every search starts from a
     cleared hash (``ucinewgame``), so a score depends only on (FEN, move, limit) and is cached.
+    :meth:`centipawn_loss` grades a move in centipawns from the same searches.
 
     One engine process, started at the first score and reused; ``close()`` (called by
     ``env.close()``, garbage collection and interpreter exit) ends it, and a later score
@@ -344,7 +376,7 @@ class StockfishCritic:
         timeout: extra seconds an engine call may take beyond ``time_limit`` before it fails.
         hash_mb: engine hash table size.
         illegal_score: score of an illegal or unparseable move.
-        cache_size: (FEN, move) scores kept.
+        cache_size: positions and (FEN, move) evaluations kept.
     """
 
     def __init__(
@@ -367,8 +399,8 @@ class StockfishCritic:
         self.hash_mb = hash_mb
         self.illegal_score = float(illegal_score)
         self.cache_size = cache_size
-        self._best: dict[str, tuple[str | None, float]] = {}  # FEN -> (best move, its win probability)
-        self._scores: dict[tuple[str, str], float] = {}  # (FEN, move) -> score
+        self._best: dict[str, tuple[str | None, chess.engine.Score]] = {}  # FEN -> (best move, its evaluation)
+        self._evals: dict[tuple[str, str], chess.engine.Score] = {}  # (FEN, move) -> evaluation after the move
         self._engine: chess.engine.SimpleEngine | None = None
         self._finalizer: weakref.finalize | None = None
         self._lock = threading.Lock()  # one search at a time on the one engine
@@ -384,16 +416,20 @@ class StockfishCritic:
         """The score of one move (see the class docstring)."""
         if not is_legal_move(fen, move):
             return self.illegal_score
-        key = (fen, move)
-        if key not in self._scores:
-            best_move, best_w = self._best_line(fen)
-            if move == best_move:
-                loss = 0.0
-            else:
-                info = self._analyse(fen, root_moves=[chess.Move.from_uci(move)])
-                loss = best_w - win_probability(info["score"].relative)
-            self._remember(self._scores, key, move_accuracy(loss))
-        return self._scores[key]
+        _, best = self._best_line(fen)
+        return move_accuracy(win_probability(best) - win_probability(self._move_eval(fen, move)))
+
+    def centipawn_loss(self, fen: str, move: str) -> float:
+        """Centipawns ``move`` loses against the engine's best move, both evaluations clipped to +-``CP_CLIP``.
+
+        ``max(0, cp(best) - cp(move))`` from the side to move, at this critic's limit. An
+        illegal or unparseable move forfeits: it counts as a move into a lost position
+        (``-CP_CLIP``), so it loses at least as much as any legal move, just as ``illegal_score``
+        ranks it below every legal move.
+        """
+        _, best = self._best_line(fen)
+        after = clipped_cp(self._move_eval(fen, move)) if is_legal_move(fen, move) else -CP_CLIP
+        return float(max(clipped_cp(best) - after, 0))
 
     def best_move(self, fen: str) -> str:
         """Stockfish's best move in ``fen`` at this critic's limit, as UCI."""
@@ -424,12 +460,23 @@ class StockfishCritic:
         return f"StockfishCritic(path={self.path!r}, limit={self.limit})"
 
     # ---- engine calls ---------------------------------------------------------------
-    def _best_line(self, fen: str) -> tuple[str | None, float]:
+    def _best_line(self, fen: str) -> tuple[str | None, chess.engine.Score]:
         if fen not in self._best:
             info = self._analyse(fen)
             pv = info.get("pv")
-            self._remember(self._best, fen, (pv[0].uci() if pv else None, win_probability(info["score"].relative)))
+            self._remember(self._best, fen, (pv[0].uci() if pv else None, info["score"].relative))
         return self._best[fen]
+
+    def _move_eval(self, fen: str, move: str) -> chess.engine.Score:
+        """The evaluation (side to move) after a legal ``move``: a search restricted to it, or the best line's."""
+        best_move, best = self._best_line(fen)
+        if move == best_move:
+            return best
+        key = (fen, move)
+        if key not in self._evals:
+            info = self._analyse(fen, root_moves=[chess.Move.from_uci(move)])
+            self._remember(self._evals, key, info["score"].relative)
+        return self._evals[key]
 
     def _analyse(self, fen: str, root_moves: list[chess.Move] | None = None) -> chess.engine.InfoDict:
         with self._lock:
@@ -482,7 +529,7 @@ class LearnedCritic:
 
     Args:
         path: folder holding the reward model and ``critic.json`` (default: the shipped one).
-        device: ``"cpu"``, ``"cuda"``, or ``"auto"``.
+        device: ``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda:1"``...
         batch_size: moves per forward pass.
         illegal_score: score of an illegal or unparseable move.
     """
@@ -490,7 +537,7 @@ class LearnedCritic:
     def __init__(
         self,
         path: str | os.PathLike[str] = LEARNED_CRITIC,
-        device: str = "cpu",
+        device: str = "auto",
         batch_size: int = 64,
         illegal_score: float = ILLEGAL_SCORE,
     ) -> None:
@@ -563,6 +610,7 @@ def chess_task(
         long_prompt="error",  # a cut FEN is a different position
         missing_eos_penalty=0.0,  # a promotion fills all 5 characters and needs no EOS
         action_mask=LegalMoveMask(tokenizer) if mask_illegal else None,
+        enforce_action_mask=False,  # an off-mask move is just illegal: the critic prices it (check_env passes)
         info_fn=move_info,
         name="chess",
     )
@@ -588,7 +636,9 @@ def make_chess_env(
     `Discrete(37)` over the character tokenizer of `chess_tokenizer()`: pad, bos, eos,
     unk and the 33 FEN/UCI characters. With `mask_illegal=True` (default)
     `info["action_mask"]` and `action_masks()` allow only characters that continue
-    some legal move, and EOS only after a complete legal move.
+    some legal move, and EOS only after a complete legal move. Masks are advice, as in
+    Gymnasium's Taxi: a masked-out character is taken, the move can then no longer be
+    legal (the mask allows only EOS from there) and scores `illegal_score`.
 
     ## Observation Space
     `Dict(input_ids=Box(int64, (101,)), attention_mask=Box(int64, (101,)))`: BOS, the

@@ -23,7 +23,7 @@ import random
 import shutil
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from text_env.chess import (
     critic_text,
     legal_moves,
     load_positions,
+    portable_config,
 )
 
 RM_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
@@ -85,6 +86,8 @@ class CriticBuildConfig:
     """Rankings per optimiser step."""
     lr: float = 3e-4
     """Peak learning rate (linear decay); a model trained from scratch needs more than fine-tuning's 5e-5."""
+    device: str = "auto"
+    """Torch device for training and calibration: ``"auto"`` is CUDA when present, else CPU."""
     progress: bool = True
     """Show progress bars."""
 
@@ -236,7 +239,7 @@ def build_critic(config: CriticBuildConfig) -> dict[str, Any]:
         batch_size=config.batch_size,
         lr=config.lr,
         seed=config.seed,
-        device="cpu",
+        device=config.device,
         resume=False,
         eval_every=0,
         save_every=0,
@@ -244,7 +247,7 @@ def build_critic(config: CriticBuildConfig) -> dict[str, Any]:
     ))
 
     held_out = rows["eval"]
-    rm = HFRewardModel(result.out, device="cpu", batch_size=256)
+    rm = HFRewardModel(result.out, device=config.device, batch_size=256)
     raw = rm.score([""] * sum(len(r["responses"]) for r in held_out), [t for r in held_out for t in r["responses"]])
     target = np.array([x for r in held_out for x in r["scores"]])
     slope, intercept = fit_calibration(raw, target)
@@ -255,7 +258,7 @@ def build_critic(config: CriticBuildConfig) -> dict[str, Any]:
         "rankings": {name: len(part) for name, part in rows.items()},
         "labels": {"scorer": "text_env.chess.StockfishCritic", "depth": config.depth, "engine": engine},
         "train_seconds": round(result.seconds, 1),
-        "config": asdict(config),
+        "config": portable_config(config),
     }
 
     def write(tmp: Path) -> None:

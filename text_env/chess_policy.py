@@ -21,7 +21,7 @@ import math
 import random
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from text_env.chess import (
     legal_moves,
     load_positions,
     open_engine,
+    portable_config,
 )
 
 POLICY_META_FILE = "policy.json"
@@ -257,7 +258,7 @@ def build_chess_policy(config: PolicyBuildConfig, sft: SFTFunction) -> dict[str,
         "mean_stockfish_score": scores,
         "sft": {"steps": result.steps, "best_step": result.best_step, "val_loss": result.val_loss,
                 "val_perplexity": result.val_perplexity},
-        "config": asdict(config),
+        "config": portable_config(config),
     }
 
     def write(tmp: Path) -> None:

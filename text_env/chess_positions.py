@@ -22,7 +22,7 @@ import hashlib
 import random
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from reward_models.config_cli import add_config_args, config_from_args
 from reward_models.io import write_json_atomic, write_jsonl_atomic
-from text_env.chess import ASSETS, close_engine, find_stockfish, open_engine
+from text_env.chess import ASSETS, close_engine, find_stockfish, open_engine, portable_config
 
 BOOK_PATH = "/usr/share/games/gnuchess/book.bin"
 """Polyglot opening book of Debian's ``gnuchess-book`` package."""
@@ -196,7 +196,7 @@ def build_positions(config: PositionSetConfig) -> tuple[list[dict[str, str]], li
     sampler.rng.shuffle(rows)
     eval_rows, train_rows = rows[: config.n_eval], rows[config.n_eval :]
     meta = {
-        "config": asdict(config),
+        "config": portable_config(config),
         "engine": engine_name,
         "python_chess": chess.__version__,
         "book_sha256": _sha256(config.book),

@@ -21,7 +21,8 @@ class TextGenerationEnv(gym.Env):
 
     ## Action Space
     `Discrete(vocab_size)`: the id of the next token. With an action-mask rule, only
-    tokens allowed by `info["action_mask"]` (or `action_masks()`) may be chosen.
+    tokens allowed by `info["action_mask"]` (or `action_masks()`) may be chosen, unless
+    the task sets `enforce_action_mask=False` (then the mask is advice).
 
     ## Observation Space
     `Dict(input_ids=Box(int64, (W,)), attention_mask=Box(int64, (W,)))` with
@@ -76,7 +77,7 @@ class TextGenerationEnv(gym.Env):
         if self._done:
             raise RuntimeError("step() called on a finished episode; call reset() first.")
         token = self.task.check_action(action)
-        if self._mask is not None and not self._mask[token]:
+        if self._mask is not None and self.task.enforce_action_mask and not self._mask[token]:
             raise ValueError(f"action {token} is masked out at this step; choose one where info['action_mask'] is 1.")
         self.response_ids.append(token)
 

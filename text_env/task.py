@@ -50,6 +50,10 @@ class Task:
     """Subtracted from the final reward when the response hit the length cap without ending."""
     action_mask: ActionMaskRule | None = None
     """Optional rule restricting the next token (e.g. legal chess moves)."""
+    enforce_action_mask: bool = True
+    """Raise ValueError on a token the mask rule disallows. False takes it like any other (the mask is
+    then advice, as in Gymnasium's Taxi, and ``check_env``'s unmasked random actions are valid): for
+    tasks whose reward model prices every response, e.g. chess, where such a move is illegal and penalised."""
     gold_scorer: RewardModel | None = None
     """Optional true objective, reported as ``info["gold_score"]`` but never used as reward."""
     info_fn: Callable[[str, str], dict[str, Any]] | None = None

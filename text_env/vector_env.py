@@ -119,7 +119,7 @@ class TextGenerationVectorEnv(VectorEnv):
 
         idx = np.flatnonzero(stepping)
         tokens = [self.task.check_action(a) for a in actions[idx]]
-        if self._masks is not None:
+        if self._masks is not None and self.task.enforce_action_mask:
             for i, t in zip(idx, tokens, strict=True):
                 if not self._masks[i, t]:
                     raise ValueError(f"action {t} of sub-env {i} is masked out at this step.")
