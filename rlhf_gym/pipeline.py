@@ -58,6 +58,7 @@ from reward_models import (
     save_preferences,
 )
 from reward_models.config_cli import add_config_args, config_from_args
+from reward_models.hf import resolve_device
 from reward_models.io import DataError, atomic_path, save_dir_atomic, write_json_atomic, write_jsonl_atomic
 from rlhf_gym.collect import sample_groups, unscored
 from rlhf_gym.report import AGENT_LABELS, RunLayout, format_table, summary_rows, write_report
@@ -293,7 +294,8 @@ class SB3PPOConfig:
     learning_rate: float = 1e-4
     """Adam step size."""
     kl_coef: float = 0.05
-    """Beta: the wrapper adds beta * log pi_ref(a|s) to each reward and ``ent_coef = beta`` (= -beta * KL)."""
+    """Beta: the wrapper adds beta * log pi_ref(a|s) to each reward and ``KLPenaltyCallback`` subtracts
+    beta * log pi(a|s), so every stored reward carries the per-token KL penalty of ``agents.PPOKL``."""
     seed: int = 0
     """Seeds SB3, the envs and the policy's sampling."""
     log_dir: str = "runs/sb3_ppo"
@@ -394,20 +396,24 @@ def train_sb3_ppo(
 
     The policy is :class:`agents.sb3.LMActorCriticPolicy`; every sub-env is a single
     ``RLHFText-v0`` env in :class:`text_env.wrappers.KLRewardWrapper` with a frozen copy of
-    the initial policy as reference, and ``ent_coef = kl_coef``: together they optimise
-    ``E[score] - beta * KL``. Returns the trained ``PPO`` model; its language model is
-    ``model.policy.features_extractor.lm``, also saved as a Hugging Face folder in ``log_dir/policy``.
+    the initial policy as reference, and :class:`agents.sb3.KLPenaltyCallback` subtracts
+    ``beta * log pi(a|s)`` from each stored reward: the returns carry the exact per-token KL
+    penalty, so SB3 optimises ``E[score] - beta * KL`` with ``ent_coef = 0``. Returns the trained
+    ``PPO`` model; its language model is ``model.policy.features_extractor.lm``, also saved as a
+    Hugging Face folder in ``log_dir/policy``.
     """
     import gymnasium as gym
     from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import CallbackList
     from stable_baselines3.common.env_util import make_vec_env
 
-    from agents.sb3 import LMActorCriticPolicy, lm_policy_kwargs
+    from agents.sb3 import KLPenaltyCallback, LMActorCriticPolicy, lm_policy_kwargs
     from text_env.wrappers import KLRewardWrapper
 
     log_dir = Path(config.log_dir)
+    device = resolve_device("auto")
     with quiet_transformers():
-        reference = load_causal_lm(policy, device="cpu")
+        reference = load_causal_lm(policy, device=device)
     # One frozen reference shared by the wrappers: read-only, each wrapper keeps its own KV cache.
     venv = make_vec_env(lambda: KLRewardWrapper(gym.make("RLHFText-v0", task=task), reference, config.kl_coef),
                         n_envs=config.n_envs, seed=config.seed)
@@ -415,20 +421,20 @@ def train_sb3_ppo(
     resumed = checkpoint.is_file()
     with quiet_transformers():
         if resumed:
-            model = PPO.load(checkpoint, env=venv, device="cpu")
+            model = PPO.load(checkpoint, env=venv, device=device)
         else:
             model = PPO(
                 LMActorCriticPolicy, venv, policy_kwargs=lm_policy_kwargs(str(policy)),
                 learning_rate=config.learning_rate, n_steps=config.n_steps,
                 batch_size=config.n_envs * config.n_steps // config.n_minibatches,
                 n_epochs=config.n_epochs, gamma=1.0, gae_lambda=0.95, clip_range=0.2, vf_coef=0.1,
-                max_grad_norm=1.0, ent_coef=config.kl_coef, seed=config.seed, device="cpu",
+                max_grad_norm=1.0, ent_coef=0.0, seed=config.seed, device=device,
             )
     remaining = total_timesteps - model.num_timesteps
     if remaining > 0:
         with _quiet_padding_warning():
-            model.learn(remaining, callback=_sb3_monitor(config, total_timesteps, progress),
-                        reset_num_timesteps=not resumed)
+            callbacks = [KLPenaltyCallback(config.kl_coef), _sb3_monitor(config, total_timesteps, progress)]
+            model.learn(remaining, callback=CallbackList(callbacks), reset_num_timesteps=not resumed)
     lm = model.policy.features_extractor.lm
 
     def write(tmp: Path) -> None:
@@ -555,7 +561,7 @@ class Pipeline:
         if cfg.reward_model:
             rm_path = Path(cfg.reward_model)
         with quiet_transformers():
-            parameters = sum(p.numel() for p in load_causal_lm(policy, device="cpu").parameters())
+            parameters = sum(p.numel() for p in load_causal_lm(policy).parameters())
         if cfg.train_reward_model:
             rm = f"trained in step 2 on simulated rankings ({self.layout.feedback.name}/reward_model)"
         else:
