@@ -15,8 +15,12 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+"""The folder holding the packages (the project root in a checkout)."""
 
 
 class DataError(ValueError):
@@ -243,3 +247,28 @@ def _replace(src: Path, dst: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(src, dst)
+
+
+def portable_path(value: Any) -> Any:
+    """``value`` relative to :data:`PACKAGE_ROOT` when it is an absolute path under it; paths as strings."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if isinstance(value, str) and os.path.isabs(value):
+        path = Path(value).resolve()
+        if path.is_relative_to(PACKAGE_ROOT):
+            return path.relative_to(PACKAGE_ROOT).as_posix()
+    return value
+
+
+def portable_config(config: Any) -> dict[str, Any]:
+    """A build config as shipped assets record it: no machine-specific paths.
+
+    ``out``, ``work`` and ``work_dir`` (where the build wrote, not how it built) are left
+    out, and absolute paths under :data:`PACKAGE_ROOT` become relative to it.
+
+    Example:
+        >>> from text_env.chess_critic import CriticBuildConfig
+        >>> portable_config(CriticBuildConfig(out="/tmp/critic"))["train_positions"]
+        'text_env/assets/chess/positions.jsonl'
+    """
+    return {k: portable_path(v) for k, v in asdict(config).items() if k not in ("out", "work", "work_dir")}

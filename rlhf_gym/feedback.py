@@ -29,7 +29,7 @@ from reward_models import (
     save_preferences,
     train_reward_model,
 )
-from reward_models.io import write_json_atomic, write_jsonl_atomic
+from reward_models.io import portable_path, write_json_atomic, write_jsonl_atomic
 
 
 @dataclass
@@ -148,7 +148,7 @@ def simulated_feedback(
     proxy, gold = rm.score(prompts_v, responses_v), UpbeatGoldScorer().score(prompts_v, responses_v)
     record = {
         "config": asdict(config),
-        "policy": str(policy_dir),
+        "policy": portable_path(policy_dir),
         "prompts": len(items),
         "train_rankings": len(train_items),
         "val_rankings": len(val_labels),

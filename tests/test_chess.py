@@ -20,7 +20,7 @@ from gymnasium.vector import AutoresetMode
 
 from reward_models import FunctionRewardModel
 from reward_models.hf import resolve_device
-from reward_models.io import DataError, read_jsonl
+from reward_models.io import PACKAGE_ROOT, DataError, portable_config, read_jsonl
 from text_env import TextGenerationEnv, TextGenerationVectorEnv
 from text_env import chess as chess_env
 from text_env.chess import (
@@ -587,17 +587,17 @@ def test_build_records_hold_no_machine_specific_paths(tmp_path):
     from text_env.chess_critic import CriticBuildConfig
     from text_env.chess_policy import PolicyBuildConfig
 
-    record = chess_env.portable_config(CriticBuildConfig(out=str(tmp_path / "c"), work=str(tmp_path / "w"),
+    record = portable_config(CriticBuildConfig(out=str(tmp_path / "c"), work=str(tmp_path / "w"),
                                                          stockfish_path="/opt/sf/stockfish"))
     assert "out" not in record and "work" not in record
     assert record["train_positions"] == "text_env/assets/chess/positions.jsonl"
     assert record["stockfish_path"] == "/opt/sf/stockfish"  # outside the project: kept as given
-    assert chess_env.portable_config(PolicyBuildConfig(eval_positions="rel/p.jsonl"))["eval_positions"] == "rel/p.jsonl"
+    assert portable_config(PolicyBuildConfig(eval_positions="rel/p.jsonl"))["eval_positions"] == "rel/p.jsonl"
     shipped = [chess_env.ASSETS / "positions_meta.json", chess_env.LEARNED_CRITIC / "critic.json",
                chess_env.CHESS_POLICY / "policy.json"]
     for path in shipped:
         text = path.read_text()
-        assert "/tmp" not in text and str(chess_env.PACKAGE_ROOT) not in text, path
+        assert "/tmp" not in text and str(PACKAGE_ROOT) not in text, path
         assert not {"out", "work"} & set(json.loads(text)["config"]), path
 
 

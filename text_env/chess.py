@@ -20,7 +20,6 @@ import shutil
 import threading
 import weakref
 from collections.abc import Sequence
-from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -53,8 +52,6 @@ LICHESS_WIN_SLOPE = 0.00368208
 CP_CLIP = 1000
 """Evaluations are clipped to +-1000 centipawns (a forced mate counts as the clip) before a centipawn loss."""
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]
-"""The folder holding the ``text_env`` package (the project root in a checkout)."""
 ASSETS = Path(__file__).parent / "assets" / "chess"
 TRAIN_POSITIONS = ASSETS / "positions.jsonl"
 """Shipped training positions (the default prompt source)."""
@@ -174,26 +171,6 @@ def _read_positions(path: str, version: tuple[int, int] | None) -> tuple[str, ..
     if not fens:
         raise DataError(f"{path}: no positions; each line must be a JSON object with a 'fen' key.")
     return tuple(fens)
-
-
-def portable_config(config: Any) -> dict[str, Any]:
-    """A build config as the shipped assets record it: no machine-specific paths.
-
-    ``out`` and ``work`` (where the build wrote, not how it built) are left out, and
-    absolute paths under :data:`PACKAGE_ROOT` become relative to it.
-
-    Example:
-        >>> from text_env.chess_critic import CriticBuildConfig
-        >>> portable_config(CriticBuildConfig(out="/tmp/critic"))["train_positions"]
-        'text_env/assets/chess/positions.jsonl'
-    """
-
-    def portable(value: Any) -> Any:
-        if isinstance(value, str) and os.path.isabs(value) and Path(value).resolve().is_relative_to(PACKAGE_ROOT):
-            return Path(value).resolve().relative_to(PACKAGE_ROOT).as_posix()
-        return value
-
-    return {k: portable(v) for k, v in asdict(config).items() if k not in ("out", "work")}
 
 
 # ---- legal-move action masks ---------------------------------------------------------

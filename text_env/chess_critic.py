@@ -31,7 +31,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from reward_models.config_cli import add_config_args, config_from_args
-from reward_models.io import read_jsonl, save_dir_atomic, write_json_atomic, write_jsonl_atomic
+from reward_models.io import portable_config, read_jsonl, save_dir_atomic, write_json_atomic, write_jsonl_atomic
 from text_env.chess import (
     CRITIC_META_FILE,
     EVAL_POSITIONS,
@@ -42,7 +42,6 @@ from text_env.chess import (
     critic_text,
     legal_moves,
     load_positions,
-    portable_config,
 )
 
 RM_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",

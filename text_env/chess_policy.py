@@ -30,7 +30,7 @@ import chess.engine
 import numpy as np
 from tqdm.auto import tqdm
 
-from reward_models.io import save_dir_atomic, write_json_atomic, write_jsonl_atomic
+from reward_models.io import portable_config, save_dir_atomic, write_json_atomic, write_jsonl_atomic
 from text_env.chess import (
     CHESS_POLICY,
     EVAL_POSITIONS,
@@ -45,7 +45,6 @@ from text_env.chess import (
     legal_moves,
     load_positions,
     open_engine,
-    portable_config,
 )
 
 POLICY_META_FILE = "policy.json"
