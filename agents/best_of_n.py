@@ -42,6 +42,27 @@ def best_of_n_kl(n: int) -> float:
     return math.log(n) - (n - 1) / n
 
 
+def matched_best_of_n(dense: Sequence[dict[str, float]], kl: float) -> dict[str, float] | None:
+    """Best-of-n at KL ``kl``, or None beyond the largest n measured.
+
+    n, gold and proxy are interpolated linearly in KL between the neighbouring measured n.
+
+    ``dense`` is best-of-n measured for n = 1, 2, 3, ... (rows with ``n``, ``kl``, ``gold``,
+    ``proxy``), e.g. ``rlhf_gym.pipeline.best_of_n_curve(...)["dense"]``. An RL policy's gain
+    over the reference is judged against best-of-n's gain at the same KL (Gao et al. 2022).
+    """
+    if not dense or kl > dense[-1]["kl"]:
+        return None
+    kl = max(kl, 0.0)
+    upper = next(i for i, r in enumerate(dense) if r["kl"] >= kl)
+    if upper == 0:
+        return {"n": 1.0, "kl": kl, "gold": dense[0]["gold"], "proxy": dense[0]["proxy"]}
+    lo, hi = dense[upper - 1], dense[upper]
+    w = (kl - lo["kl"]) / (hi["kl"] - lo["kl"])
+    return {"n": lo["n"] + w * (hi["n"] - lo["n"]), "kl": kl,
+            "gold": lo["gold"] + w * (hi["gold"] - lo["gold"]), "proxy": lo["proxy"] + w * (hi["proxy"] - lo["proxy"])}
+
+
 class BestOfN(Agent):
     """Samples n responses per prompt from the reference and keeps the reward model's best.
 

@@ -238,12 +238,13 @@ def best_of_n_curve(
     n_show: int = 5,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Best-of-n from ``reference`` on ``prompts`` for n = 1, 2, 4, ..., ``max_n``, from one set of samples.
+    """Best-of-n from ``reference`` on ``prompts`` for n = 1 .. ``max_n``, from one set of samples.
 
-    ``max_n`` responses are sampled per prompt once; for each n they are split into
-    ``max_n / n`` disjoint groups, the reward model's favourite of each group kept, and
-    its gold and proxy scores averaged over groups and prompts (every sample is used for
-    every n). KL(best-of-n || reference) is the analytic ln n - (n - 1) / n.
+    ``max_n`` responses are sampled per prompt once; for each n the gold and proxy scores
+    of the reward model's favourite are averaged over every n-subset of them (the unbiased
+    estimator of :func:`_best_of`). ``curve`` holds n = 1, 2, 4, ..., ``max_n`` for tables
+    and plots, ``dense`` every n, to match an agent's KL (:func:`agents.best_of_n.matched_best_of_n`).
+    KL(best-of-n || reference) is the analytic ln n - (n - 1) / n.
     """
     proxy, gold, length, eos, texts = [], [], [], [], []
     for batch in sample_groups(reference, task, prompts, max_n, batch_size=max(batch_size, max_n), seed=seed,
@@ -261,21 +262,28 @@ def best_of_n_curve(
                       "proxy": _best_of(proxy_a, proxy_a, n), "response_length": _best_of(proxy_a, length_a, n),
                       "episodes": int(proxy_a.size)})
         n *= 2
+    dense = [{"n": n, "kl": best_of_n_kl(n), "gold": _best_of(proxy_a, gold_a, n),
+              "proxy": _best_of(proxy_a, proxy_a, n)} for n in range(1, max_n + 1)]
     best_all = proxy_a.argmax(1)  # (P,)
     shown = [{"prompt": prompts[p], "response": texts[p][0], "gold": float(gold_a[p, 0]),
               "best_response": texts[p][best_all[p]], "best_gold": float(gold_a[p, best_all[p]])}
              for p in range(min(n_show, len(prompts)))]
-    return {"max_n": max_n, "prompts": len(prompts), "curve": curve, "samples": shown,
+    return {"max_n": max_n, "prompts": len(prompts), "curve": curve, "dense": dense, "samples": shown,
             "reference": {"gold": float(gold_a.mean()), "proxy": float(proxy_a.mean()),
                           "response_length": float(length_a.mean()), "eos_fraction": float(np.concatenate(eos).mean())}}
 
 
 def _best_of(proxy: np.ndarray, values: np.ndarray, n: int) -> float:
-    """Mean of ``values`` at the proxy's favourite of each disjoint group of ``n`` samples per row."""
+    """Mean of ``values`` at the proxy's favourite of a random n-subset of each row's samples.
+
+    Exact over all subsets: the sample ranked ``i``-th lowest of ``N`` by the proxy (from 0)
+    is the favourite of ``C(i, n-1)`` of the ``C(N, n)`` subsets. Lower variance than
+    disjoint groups, and any n up to N works.
+    """
     rows, samples = proxy.shape  # (P, N)
-    groups = proxy.reshape(rows, samples // n, n)  # (P, N/n, n)
-    best = groups.argmax(-1)[..., None]  # (P, N/n, 1)
-    return float(np.take_along_axis(values.reshape(groups.shape), best, -1).mean())
+    order = np.argsort(proxy, axis=1, kind="stable")  # (P, N) ascending proxy
+    weights = np.array([math.comb(i, n - 1) for i in range(samples)], dtype=np.float64) / math.comb(samples, n)  # (N,)
+    return float((np.take_along_axis(values, order, 1) @ weights).mean())
 
 
 # ---- SB3 PPO through the Gymnasium API -----------------------------------------------------

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agents.best_of_n import matched_best_of_n
 from reward_models.io import atomic_path
 
 __all__ = ["AGENT_LABELS", "RunLayout", "load_curves", "write_report"]
@@ -194,9 +195,10 @@ def _plot_frontier(layout: RunLayout, curves: dict[str, list[dict[str, float]]],
     fig, axes = plt.subplots(1, 2, figsize=(12, 6), layout="constrained")
     for ax, key, ylabel in ((axes[0], "gold", "gold score"), (axes[1], "proxy", "proxy score (reward model)")):
         if bon is not None:
-            kl = [r["kl"] for r in bon["curve"]]
-            ax.plot(kl, [r[key] for r in bon["curve"]], "o-", color=_COLORS["best_of_n"], linewidth=2,
+            line = bon.get("dense", bon["curve"])  # every n when measured, else powers of two
+            ax.plot([r["kl"] for r in line], [r[key] for r in line], "-", color=_COLORS["best_of_n"], linewidth=2,
                     label="best-of-n from the SFT policy (held-out)")
+            ax.plot([r["kl"] for r in bon["curve"]], [r[key] for r in bon["curve"]], "o", color=_COLORS["best_of_n"])
             for r in bon["curve"]:
                 ax.annotate(f"n={r['n']}", (r["kl"], r[key]), textcoords="offset points", xytext=(4, -12), fontsize=8,
                             color=_COLORS["best_of_n"])
@@ -259,7 +261,12 @@ def _save(fig: Any, path: Path) -> None:
 
 # ---- tables --------------------------------------------------------------------------------
 def summary_rows(layout: RunLayout, agents: Sequence[str]) -> list[dict[str, Any]]:
-    """One row per policy: the SFT reference, best-of-n for each n, then each finished agent."""
+    """One row per policy: the SFT reference, best-of-n for each n, then each finished agent.
+
+    An agent's row also holds best-of-n at its KL (``bon_n``, ``bon_gold``) and ``gain_ratio``:
+    its gold gain over the SFT reference divided by best-of-n's gain at the same KL (None when
+    its KL is beyond the largest n measured or best-of-n gains nothing there).
+    """
     rows: list[dict[str, Any]] = []
     bon = _read_json(layout.best_of_n)
     if bon is not None:
@@ -270,20 +277,36 @@ def summary_rows(layout: RunLayout, agents: Sequence[str]) -> list[dict[str, Any
                          "eval_episodes": r["episodes"]})
     for name in agents:
         ev = _read_json(layout.agent_eval(name))
-        if ev is not None:
-            rows.append({"policy": AGENT_LABELS[name], "gold": ev["gold"], "proxy": ev["proxy"], "kl": ev["kl"],
-                         "response_length": ev["response_length"], "train_episodes": ev["train_episodes"],
-                         "train_seconds": ev["train_seconds"], "eval_episodes": ev["episodes"]})
+        if ev is None:
+            continue
+        row = {"policy": AGENT_LABELS[name], "gold": ev["gold"], "proxy": ev["proxy"], "kl": ev["kl"],
+               "response_length": ev["response_length"], "train_episodes": ev["train_episodes"],
+               "train_seconds": ev["train_seconds"], "eval_episodes": ev["episodes"],
+               "bon_n": None, "bon_gold": None, "gain_ratio": None}
+        matched = matched_best_of_n(bon.get("dense", []), ev["kl"]) if bon is not None else None
+        if matched is not None:
+            base = bon["curve"][0]["gold"]
+            row.update(bon_n=round(matched["n"], 2), bon_gold=matched["gold"])
+            if matched["gold"] > base:
+                row["gain_ratio"] = (ev["gold"] - base) / (matched["gold"] - base)
+        rows.append(row)
     return rows
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     """The summary rows as a Markdown table."""
-    lines = ["| policy | gold score | proxy score | KL (nats) | length (tokens) | training episodes | training s |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| policy | gold score | proxy score | KL (nats) | length (tokens) | training episodes | training s "
+             "| gold gain / best-of-n's at same KL |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        if r.get("gain_ratio") is not None:
+            versus = f"{r['gain_ratio']:.2f} (n = {r['bon_n']:.1f}: {r['bon_gold']:+.3f})"
+        elif r.get("bon_gold") is not None:
+            versus = f"n/a (best-of-{r['bon_n']:.1f} gains nothing)"
+        else:
+            versus = "n/a (KL beyond the largest n)" if "bon_n" in r and r["train_episodes"] else ""
         lines.append(f"| {r['policy']} | {r['gold']:+.3f} | {r['proxy']:+.3f} | {r['kl']:.2f} | "
-                     f"{r['response_length']:.1f} | {r['train_episodes']} | {r['train_seconds']:.0f} |")
+                     f"{r['response_length']:.1f} | {r['train_episodes']} | {r['train_seconds']:.0f} | {versus} |")
     return "\n".join(lines)
 
 

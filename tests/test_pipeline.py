@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from agents import PPOKL
+from agents.best_of_n import best_of_n_kl, matched_best_of_n
 from reward_models import load_collection
 from rlhf_gym import collect, pipeline, report
 from rlhf_gym.pipeline import Pipeline, PipelineConfig, _best_of
@@ -66,12 +67,22 @@ def test_collect_refuses_bad_flags(tmp_path, capsys):
 
 
 # ---- pure pieces ---------------------------------------------------------------------------
-def test_best_of_picks_the_proxy_favourite_of_each_disjoint_group():
+def test_best_of_averages_the_proxy_favourite_over_every_subset():
     proxy = np.array([[1.0, 3.0, 2.0, 0.0], [0.0, 1.0, 5.0, 4.0]])
     gold = np.array([[10.0, 30.0, 20.0, 0.0], [1.0, 2.0, 3.0, 4.0]])
     assert _best_of(proxy, gold, 1) == pytest.approx(70 / 8)
-    assert _best_of(proxy, gold, 2) == pytest.approx((30 + 20 + 2 + 3) / 4)  # groups [1,3],[2,0] and [0,1],[5,4]
+    # the 6 pairs of row 1 keep golds 30, 20, 10, 30, 30, 20; those of row 2 keep 2, 3, 4, 3, 4, 3
+    assert _best_of(proxy, gold, 2) == pytest.approx((140 / 6 + 19 / 6) / 2)
+    assert _best_of(proxy, gold, 3) == pytest.approx((110 / 4 + 13 / 4) / 2)  # leave one out, 4 ways
     assert _best_of(proxy, gold, 4) == pytest.approx((30 + 3) / 2)
+
+
+def test_matched_best_of_n_interpolates_in_kl_and_stops_at_the_largest_n():
+    dense = [{"n": n, "kl": best_of_n_kl(n), "gold": g, "proxy": 2 * g} for n, g in ((1, 0.0), (2, 0.1), (3, 0.4))]
+    mid = (best_of_n_kl(2) + best_of_n_kl(3)) / 2
+    assert matched_best_of_n(dense, mid) == pytest.approx({"n": 2.5, "kl": mid, "gold": 0.25, "proxy": 0.5})
+    assert matched_best_of_n(dense, 0.0)["gold"] == 0.0 and matched_best_of_n(dense, -0.01)["n"] == 1.0
+    assert matched_best_of_n(dense, best_of_n_kl(3) + 1e-9) is None
 
 
 @pytest.mark.parametrize("bad", [dict(max_n=48), dict(agents="ppo_kl,dqn"), dict(agents=""), dict(k=3),
@@ -109,6 +120,8 @@ def test_pipeline_runs_end_to_end_then_skips_every_finished_stage(tmp_path, monk
     assert by_name["best-of-4"]["kl"] == pytest.approx(math.log(4) - 3 / 4)
     for r in rows:
         assert all(math.isfinite(r[k]) for k in ("gold", "proxy", "kl", "response_length"))
+    for r in rows[3:]:  # each agent is set against best-of-n at its KL, measured up to n = 4
+        assert (r["bon_gold"] is None) == (r["kl"] > math.log(4) - 3 / 4)
     for name in ("ppo_kl", "rloo", "sb3_ppo"):
         ev = json.loads(layout.agent_eval(name).read_text())
         assert ev["episodes"] == 4 * 2 and ev["train_timesteps"] >= 192 and ev["train_episodes"] > 0
@@ -119,7 +132,7 @@ def test_pipeline_runs_end_to_end_then_skips_every_finished_stage(tmp_path, monk
     rm = json.loads(layout.reward_model.read_text())
     assert 0.0 <= rm["accuracy"] <= 1.0 and 0.0 <= rm["ceiling"] <= 1.0 and rm["pairs"] > 0
     md = layout.report.read_text()
-    for section in ("Step 0", "Step 1", "Step 2", "Step 3", "Samples before and after"):
+    for section in ("Step 0", "Step 1", "Step 2", "Step 3", "Samples before and after", "best-of-n's at same KL"):
         assert section in md
     for name in ("training_curves", "frontier", "reward_model"):
         png = layout.png(name)
