@@ -41,7 +41,7 @@ test-all: $(STAMP) system-deps
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -m ""
 
-# Rebuild the embedded default assets from scratch (seeded; about 25 minutes on 2 cores).
+# Rebuild the embedded default assets from scratch (seeded; about 15 minutes on 2 cores).
 defaults: $(STAMP) system-deps
 	$(VENV)/bin/rlhf-gym build-defaults
 

@@ -563,7 +563,7 @@ def cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="rlhf-gym build-defaults",
         description="Rebuild the embedded default assets (tokenizer, policy, prompts, model card) from "
-        "the fortunes corpus, seeded. About 20 minutes on 2 CPU cores; re-run to resume.",
+        "the fortunes corpus, seeded. About 15 minutes on 2 CPU cores; re-run to resume.",
     )
     add_config_args(parser, BuildConfig, exclude=("skip_files",))
     parser.add_argument(

@@ -2,16 +2,18 @@
 
 Step 0 (prepare) loads the embedded default policy, prompts and reward model, or with
 ``--from-scratch`` rebuilds them into the run folder (``rlhf_gym.build_defaults``, about
-25 minutes), or with ``--model PATH`` uses your Hugging Face causal LM. Step 1 (SFT)
+15 minutes), or with ``--model PATH`` uses your Hugging Face causal LM. Step 1 (SFT)
 reports the policy's SFT metrics (its model card) and measures its samples on held-out
 evaluation prompts. Step 2 (feedback and reward model) loads the default reward model,
 or with ``--train-reward-model`` samples, labels with a simulated labeler and trains one
 (``rlhf_gym.feedback``); either way it measures the reward model's pairwise accuracy on
 freshly labeled held-out samples against the ceiling, the agreement of two independent
 simulated labelers. Step 3 (RL) trains PPOKL, RLOO and stable-baselines3 PPO (through
-the KL reward wrapper with an entropy bonus) on the same prompts, seed and token budget,
-measures best-of-n for n = 1..64 from the SFT policy, and evaluates every policy on the
-held-out prompts: gold score, proxy (reward-model) score and KL to the reference.
+the KL reward wrapper and ``KLPenaltyCallback``) on the same prompts and seed with the same
+beta (SB3 on a smaller token budget: each of its tokens costs about 19x more), measures
+best-of-n for n = 1..64 from the SFT policy, and evaluates every policy on the held-out
+prompts: gold score, proxy (reward-model) score, KL to the reference, and the gold gain
+against best-of-n's at the same KL.
 
 Every stage writes its output atomically and is skipped when that output exists, and the
 agents checkpoint as they train, so re-running the same command resumes a killed run.
@@ -78,9 +80,10 @@ RESUMABLE_CHANGES = frozenset({"progress", "num_threads", "out"})
 class PipelineConfig:
     """Everything ``rlhf-gym pipeline`` does; each field is also a ``--flag``.
 
-    The defaults are the demo: about 5 minutes on 2 idle CPU cores (290 s of CPU time, half
-    of it SB3 PPO, whose update re-encodes the whole window for every token). ``timesteps``
-    is the budget every agent gets (env steps = generated tokens).
+    The defaults are the demo, under 10 minutes on 2 idle CPU cores. ``timesteps`` is the
+    budget of PPOKL and RLOO (env steps = generated tokens); SB3 PPO gets ``sb3_timesteps``,
+    since its update re-encodes the whole window for every token (about 19x PPOKL's cost per
+    token, ``bench/sb3_vs_ppokl.py``).
     """
 
     out: str = "runs/pipeline"
@@ -88,7 +91,7 @@ class PipelineConfig:
     model: str | None = None
     """Your Hugging Face causal-LM folder as the SFT policy (its own tokenizer is used); default: the embedded one."""
     from_scratch: bool = False
-    """Rebuild the default tokenizer, policy, prompts and reward model into the run folder first (~25 min)."""
+    """Rebuild the default tokenizer, policy, prompts and reward model into the run folder first (~15 min)."""
     prompts: str | None = None
     """Training prompts, JSONL {"prompt": str} per line; default: the embedded prompts."""
     eval_prompts: str | None = None
@@ -103,7 +106,7 @@ class PipelineConfig:
     """Responses per prompt that a labeler ranks; also RLOO's samples per prompt."""
     labeler_temperature: float = 0.2
     """Noise of the simulated labelers (Bradley-Terry temperature in gold-score units)."""
-    n_eval_prompts: int = 64
+    n_eval_prompts: int = 128
     """Held-out prompts every policy is evaluated on."""
     eval_samples: int = 4
     """Responses per evaluation prompt for each trained policy."""
@@ -111,16 +114,22 @@ class PipelineConfig:
     """Best-of-n is measured for n = 1, 2, 4, ... up to this power of two."""
     agents: str = "ppo_kl,rloo,sb3_ppo"
     """Comma-separated agents to train in step 3 (ppo_kl, rloo, sb3_ppo)."""
-    timesteps: int = 12_288
-    """Budget of each agent: env steps (generated tokens), as in SB3's total_timesteps."""
-    batch_size: int = 64
+    timesteps: int = 98_304
+    """Budget of PPOKL and RLOO: env steps (generated tokens), as in SB3's total_timesteps."""
+    sb3_timesteps: int = 12_288
+    """Budget of SB3 PPO (env steps), smaller because each of its tokens costs about 19x more."""
+    batch_size: int = 128
     """Episodes per iteration of PPOKL and RLOO; SB3 collects n_envs x n_steps tokens per rollout."""
-    kl_coef: float = 0.05
-    """Beta, fixed for every agent: PPOKL's per-token KL penalty, RLOO's KL in the reward, SB3's wrapper and
-    entropy bonus."""
-    ppo_learning_rate: float = 3e-4
-    """PPOKL's Adam step size (4 epochs x 4 minibatches per batch, annealed linearly)."""
-    rloo_learning_rate: float = 1e-3
+    kl_coef: float = 0.2
+    """Beta, fixed for every agent: PPOKL's per-token KL penalty, RLOO's KL in the reward, the KL penalty in
+    SB3's rewards."""
+    ppo_learning_rate: float = 5e-5
+    """PPOKL's Adam step size (4 epochs x ``ppo_minibatches`` per batch, annealed linearly). Small steps
+    spend KL on the reward rather than on noise: approx-KL per update stays near 1e-3 (OAI's healthy
+    runs: 5e-4), and the gold gain per nat of KL rises (3e-4 reached half of best-of-n's)."""
+    ppo_minibatches: int = 2
+    """PPOKL's minibatches per epoch."""
+    rloo_learning_rate: float = 3e-4
     """RLOO's Adam step size (one step per batch, annealed linearly)."""
     sb3_learning_rate: float = 1e-4
     """SB3 PPO's Adam step size."""
@@ -154,7 +163,8 @@ class PipelineConfig:
         if self.k < 2 or self.batch_size % self.k:
             raise ValueError(f"--k {self.k} must be >= 2 and divide --batch-size {self.batch_size}.")
         small = {"n_eval_prompts": self.n_eval_prompts, "eval_samples": self.eval_samples,
-                 "timesteps": self.timesteps, "rm_prompts": self.rm_prompts,
+                 "timesteps": self.timesteps, "sb3_timesteps": self.sb3_timesteps, "rm_prompts": self.rm_prompts,
+                 "ppo_minibatches": self.ppo_minibatches,
                  "checkpoint_every": self.checkpoint_every}  # >= 1: every stage must be resumable
         for name, value in small.items():
             if value < 1:
@@ -546,7 +556,7 @@ class Pipeline:
             if not (assets / "model_card.json").is_file():
                 from rlhf_gym.build_defaults import BuildConfig, build_defaults
 
-                self._say(f"step 0: rebuilding the default assets into {assets} (about 25 minutes)")
+                self._say(f"step 0: rebuilding the default assets into {assets} (about 15 minutes)")
                 build_defaults(BuildConfig(out=str(assets), work_dir=str(self.layout.root / "step0_build"),
                                            seed=cfg.seed, num_threads=torch.get_num_threads(),
                                            progress=cfg.progress))
@@ -669,7 +679,7 @@ class Pipeline:
             sb3 = SB3PPOConfig(n_envs=cfg.sb3_n_envs, n_steps=cfg.sb3_n_steps, n_epochs=cfg.sb3_n_epochs,
                                learning_rate=cfg.sb3_learning_rate, kl_coef=cfg.kl_coef, seed=cfg.seed,
                                log_dir=str(log_dir), checkpoint_every=cfg.checkpoint_every)
-            model = train_sb3_ppo(task, self.setup["policy"], cfg.timesteps, sb3, progress=cfg.progress)
+            model = train_sb3_ppo(task, self.setup["policy"], cfg.sb3_timesteps, sb3, progress=cfg.progress)
             # SB3 trains on CPU; evaluate next to the reference (on CUDA when there is one).
             policy = model.policy.features_extractor.lm.eval().to(self.reference.device)
             timesteps = model.num_timesteps
@@ -678,7 +688,8 @@ class Pipeline:
                           checkpoint_every=cfg.checkpoint_every)
             if name == "ppo_kl":
                 agent: PPOKL | RLOO = PPOKL(task, self.setup["policy"], PPOKLConfig(
-                    learning_rate=cfg.ppo_learning_rate, init_kl_coef=cfg.kl_coef, kl_target=None, **common))
+                    learning_rate=cfg.ppo_learning_rate, num_minibatches=cfg.ppo_minibatches,
+                    init_kl_coef=cfg.kl_coef, kl_target=None, **common))
             else:
                 agent = RLOO(task, self.setup["policy"], RLOOConfig(
                     learning_rate=cfg.rloo_learning_rate, kl_coef=cfg.kl_coef, rloo_k=cfg.k, **common))

@@ -182,7 +182,7 @@ def _plot_training(layout: RunLayout, curves: dict[str, list[dict[str, float]]],
         ax.set_ylabel(title.split(" (")[0])
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize=9)
-    fig.suptitle("Learning curves: same prompts, seed and token budget (faint: per batch; bold: moving average)")
+    fig.suptitle("Learning curves: same prompts and seed (faint: per batch; bold: moving average)")
     path = layout.png("training_curves")
     _save(fig, path)
     return path

@@ -29,7 +29,7 @@ def default_assets_or_skip() -> None:
 def tiny(out, **overrides) -> PipelineConfig:
     """A pipeline run of seconds: 4 evaluation prompts, best-of-4, a few iterations per agent."""
     options = dict(out=str(out), n_eval_prompts=4, eval_samples=2, max_n=4, batch_size=8, timesteps=192,
-                   sb3_n_envs=4, sb3_n_steps=16, checkpoint_every=1, num_threads=1, progress=False)
+                   sb3_timesteps=192, sb3_n_envs=4, sb3_n_steps=16, checkpoint_every=1, num_threads=1, progress=False)
     options.update(overrides)
     return PipelineConfig(**options)
 
@@ -86,7 +86,8 @@ def test_matched_best_of_n_interpolates_in_kl_and_stops_at_the_largest_n():
 
 
 @pytest.mark.parametrize("bad", [dict(max_n=48), dict(agents="ppo_kl,dqn"), dict(agents=""), dict(k=3),
-                                 dict(model="m", from_scratch=True), dict(timesteps=0)])
+                                 dict(model="m", from_scratch=True), dict(timesteps=0),
+                                 dict(sb3_timesteps=0), dict(ppo_minibatches=0)])
 def test_config_refuses_bad_settings(bad):
     with pytest.raises(ValueError):
         PipelineConfig(**bad)

@@ -26,7 +26,7 @@ def _asset(name: str) -> Path:
     if not path.exists():
         raise FileNotFoundError(
             f"{path} is missing: this install has no embedded default assets. Rebuild them with "
-            "`rlhf-gym build-defaults` (about 20 minutes on 2 CPU cores), or pass your own "
+            "`rlhf-gym build-defaults` (about 15 minutes on 2 CPU cores), or pass your own "
             "model=PATH and prompts=PATH (or task=Task(...)) to gym.make."
         )
     return path
