@@ -15,7 +15,7 @@ from safetensors import safe_open
 import text_env  # noqa: F401  (registers the environments)
 from agents.lm import load_policy
 from reward_models import HFRewardModel, UpbeatGoldScorer
-from reward_models.io import DataError
+from reward_models.io import PACKAGE_ROOT, DataError
 from rlhf_gym.build_defaults import BuildConfig, build_defaults, model_card_markdown
 from rlhf_gym.build_defaults import cli as build_cli
 from text_env.char_tokenizer import char_tokenizer
@@ -80,6 +80,9 @@ def test_default_assets_fit_the_budget_and_are_float16():
     card = json.loads((ASSETS_DIR / "model_card.json").read_text())
     assert len(card["samples"]) == 5 and card["sft"]["val_perplexity"] > 1
     assert model_card_markdown(card) == (ASSETS_DIR / "MODEL_CARD.md").read_text()
+    text = (ASSETS_DIR / "model_card.json").read_text()
+    assert str(PACKAGE_ROOT) not in text and "/tmp" not in text  # the build records no machine paths
+    assert not {"out", "work_dir"} & set(card["config"])
 
 
 def test_shipped_prompt_sets_are_disjoint_and_held_out():
