@@ -63,8 +63,25 @@ def test_rollout_logprobs_equal_recomputed_ones(task, temperature, group_size):
     assert torch.allclose(batch.entropy, entropy, atol=1e-5) and (batch.entropy[mask] > 0).all()
 
 
-def test_packed_sequences_match_the_padded_forward(task):
-    model = tiny_lm(task)
+def user_lm(task, arch: str):
+    """A tiny randomly initialised causal LM of another family, as a user might bring."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    tok = task.tokenizer
+    common = dict(vocab_size=task.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                  intermediate_size=64, max_position_embeddings=64, bos_token_id=tok.bos_token_id,
+                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    if arch == "llama":
+        return LlamaForCausalLM(LlamaConfig(**common, num_key_value_heads=1)).eval()
+    return GPTNeoXForCausalLM(GPTNeoXConfig(**common)).eval()
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gpt_neox"])
+def test_packed_sequences_match_the_padded_forward(task, arch):
+    # Packing relies on the model separating sequences by restarting position_ids (sdpa/eager):
+    # checked on the three families users bring most (rotary and learned positions, GQA).
+    model = tiny_lm(task) if arch == "gpt2" else user_lm(task, arch)
     batch = _rollout(model, task)
     packed = pack_sequences(batch)
     rows = packed.input_ids.shape[0]
