@@ -20,7 +20,7 @@ import types
 import typing
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -38,7 +38,14 @@ from agents.distributed import (
 from agents.lm import load_causal_lm
 from agents.logger import RunLogger
 from agents.lora import AdapterDisabled, LoraSettings, add_lora, base_state_dict, is_adapter_folder, is_lora
-from agents.rollout import RolloutBatch, make_rollout_env, rollout, sample_next_token
+from agents.rollout import (
+    RolloutBatch,
+    make_rollout_env,
+    reduced_precision,
+    response_logprobs,
+    rollout,
+    sample_next_token,
+)
 from reward_models.io import save_dir_atomic
 
 PolicyArg = str | os.PathLike[str] | torch.nn.Module | None
@@ -416,10 +423,21 @@ class Agent:
                                                 num_gpus=config.rollout_worker_gpus)
             else:
                 self.rollout_pool.sync(self.policy)  # the update just changed the weights
-            return self.rollout_pool.rollout(temperature=config.temperature, seed=self._prompt_seed(),
-                                             group_size=group_size, device=self.device, output_hidden=output_hidden)
-        return rollout(self.policy, self.env, temperature=config.temperature, group_size=group_size,
-                       seed=self._prompt_seed(), generator=self.generator, output_hidden=output_hidden)
+            batch = self.rollout_pool.rollout(temperature=config.temperature, seed=self._prompt_seed(),
+                                              group_size=group_size, device=self.device, output_hidden=output_hidden)
+        else:
+            batch = rollout(self.policy, self.env, temperature=config.temperature, group_size=group_size,
+                            seed=self._prompt_seed(), generator=self.generator, output_hidden=output_hidden)
+        if reduced_precision(self.device):
+            # In bf16, KV-cached decoding and the packed re-scoring round differently (~1e-2 per token):
+            # re-score once, so the old log-probs (and value-head states) come from the same kind of
+            # pass as the reference's and the update's: ratio 1 at the first minibatch, and a KL
+            # without a kernel bias (PPO_NOTES #4). In float32 they agree to 1e-6 and are kept.
+            with torch.no_grad():
+                again = response_logprobs(self.policy, batch, config.temperature, self.task.vocab_size,
+                                          output_hidden=output_hidden)
+            batch = replace(batch, logprobs=again.logprobs, hidden=again.hidden)
+        return batch
 
     def _anneal_lr(self) -> float | None:
         if self.optimizer is None:

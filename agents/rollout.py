@@ -34,6 +34,7 @@ __all__ = [
     "next_token_logprobs",
     "pack_sequences",
     "response_logprobs",
+    "reduced_precision",
     "rollout",
     "sample_next_token",
 ]
@@ -157,13 +158,17 @@ def next_token_logprobs(
     return logits.log_softmax(-1)
 
 
+def reduced_precision(device: torch.device) -> bool:
+    """Whether :func:`autocast` computes in bf16 on ``device`` (a CUDA device that supports it)."""
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
 def autocast(device: torch.device) -> AbstractContextManager[Any]:
     """bf16 autocast on a CUDA device that supports it, a no-op elsewhere: one code path for CPU and GPU.
 
     Log-probs stay float32 either way (:func:`next_token_logprobs` upcasts the logits).
     """
-    enabled = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=reduced_precision(device))
 
 
 SAMPLING_STREAM = 0x5A4D

@@ -54,6 +54,24 @@ def test_first_iteration_kl_is_zero(tmp_path):
         assert key in row
 
 
+def test_reduced_precision_rescores_old_logprobs_with_the_update_pass(tmp_path, monkeypatch):
+    # Under bf16 (CUDA) cached decoding and the packed pass round differently, so the agent re-scores
+    # the batch once: old log-probs and value states then come from the update's own kind of pass.
+    import agents.base
+
+    agent = make_agent(tmp_path)
+    batch = agent._generate(output_hidden=True)
+    monkeypatch.setattr(agents.base, "reduced_precision", lambda device: True)
+    calls = []
+    real = agents.base.response_logprobs
+    monkeypatch.setattr(agents.base, "response_logprobs", lambda *a, **k: calls.append(k) or real(*a, **k))
+    again = agent._generate(output_hidden=True)  # no update in between: the same prompts and samples
+    assert calls == [{"output_hidden": True}]
+    assert torch.equal(again.response_ids, batch.response_ids)
+    assert torch.allclose(again.logprobs, batch.logprobs, atol=1e-5)
+    assert torch.allclose(again.hidden, batch.hidden, atol=1e-5)
+
+
 def test_learns_count_task_and_kl_grows_without_penalty(tmp_path):
     agent = make_agent(tmp_path)
     start = time.perf_counter()
