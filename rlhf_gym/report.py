@@ -283,7 +283,9 @@ def summary_rows(layout: RunLayout, agents: Sequence[str]) -> list[dict[str, Any
                "response_length": ev["response_length"], "train_episodes": ev["train_episodes"],
                "train_seconds": ev["train_seconds"], "eval_episodes": ev["episodes"],
                "bon_n": None, "bon_gold": None, "gain_ratio": None}
-        matched = matched_best_of_n(bon.get("dense", []), ev["kl"]) if bon is not None else None
+        dense = bon.get("dense", []) if bon is not None else []
+        row["bon_max_n"] = dense[-1]["n"] if dense else None
+        matched = matched_best_of_n(dense, ev["kl"])
         if matched is not None:
             base = bon["curve"][0]["gold"]
             row.update(bon_n=round(matched["n"], 2), bon_gold=matched["gold"])
@@ -303,8 +305,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             versus = f"{r['gain_ratio']:.2f} (n = {r['bon_n']:.1f}: {r['bon_gold']:+.3f})"
         elif r.get("bon_gold") is not None:
             versus = f"n/a (best-of-{r['bon_n']:.1f} gains nothing)"
+        elif r.get("bon_max_n"):
+            versus = f"n/a (KL beyond best-of-{r['bon_max_n']}'s)"
         else:
-            versus = "n/a (KL beyond the largest n)" if "bon_n" in r and r["train_episodes"] else ""
+            versus = ""
         lines.append(f"| {r['policy']} | {r['gold']:+.3f} | {r['proxy']:+.3f} | {r['kl']:.2f} | "
                      f"{r['response_length']:.1f} | {r['train_episodes']} | {r['train_seconds']:.0f} | {versus} |")
     return "\n".join(lines)
