@@ -265,15 +265,10 @@ def best_of_n_curve(
         eos.append(np.array([i["end_reason"] == "eos" for i in batch.infos]).reshape(-1, max_n))
         texts += [[i["response"] for i in batch.infos[g : g + max_n]] for g in range(0, len(batch.infos), max_n)]
     proxy_a, gold_a, length_a = np.concatenate(proxy), np.concatenate(gold), np.concatenate(length)  # (P, max_n)
-    curve = []
-    n = 1
-    while n <= max_n:
-        curve.append({"n": n, "kl": best_of_n_kl(n), "gold": _best_of(proxy_a, gold_a, n),
-                      "proxy": _best_of(proxy_a, proxy_a, n), "response_length": _best_of(proxy_a, length_a, n),
-                      "episodes": int(proxy_a.size)})
-        n *= 2
     dense = [{"n": n, "kl": best_of_n_kl(n), "gold": _best_of(proxy_a, gold_a, n),
               "proxy": _best_of(proxy_a, proxy_a, n)} for n in range(1, max_n + 1)]
+    curve = [{**r, "response_length": _best_of(proxy_a, length_a, r["n"]), "episodes": int(proxy_a.size)}
+             for r in dense if r["n"] & (r["n"] - 1) == 0]  # n = 1, 2, 4, ..., max_n
     best_all = proxy_a.argmax(1)  # (P,)
     shown = [{"prompt": prompts[p], "response": texts[p][0], "gold": float(gold_a[p, 0]),
               "best_response": texts[p][best_all[p]], "best_gold": float(gold_a[p, best_all[p]])}
