@@ -132,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             RLOO(task, copy.deepcopy(reference), RLOOConfig(rloo_k=K, kl_coef=BETA, log_dir=f"{logs}/rloo", **common)),
             args.steps, args.warmup)
         runs["agents.PPOKL (4 epochs)"] = lambda: ours(
-            PPOKL(task, copy.deepcopy(reference), PPOKLConfig(init_kl_coef=BETA, kl_target=None,
+            PPOKL(task, copy.deepcopy(reference), PPOKLConfig(init_kl_coef=BETA, num_minibatches=4,
                                                                log_dir=f"{logs}/ppo", **common)),
             args.steps, args.warmup)
         results = {}

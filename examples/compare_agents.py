@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
             "best-of-4": BestOfN(task, config=config(BestOfNConfig, "bon", n=4)),
             "RLOO": RLOO(task, config=config(RLOOConfig, "rloo", learning_rate=1e-3, kl_coef=0.05)),
             "PPOKL": PPOKL(task, config=config(PPOKLConfig, "ppo", learning_rate=3e-4, init_kl_coef=0.05,
-                                                kl_target=None)),
+                                                num_minibatches=4)),
         }
         for name, agent in agents.items():
             torch.manual_seed(args.seed)

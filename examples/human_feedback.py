@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
 
     # 4. PPOKL against the new reward model; the gold score tells whether it learned what you meant.
     task = default_task(reward_model=HFRewardModel(result.out))
-    agent = PPOKL(task, config=PPOKLConfig(learning_rate=3e-4, init_kl_coef=0.05, kl_target=None,
+    agent = PPOKL(task, config=PPOKLConfig(batch_size=64, num_minibatches=4, learning_rate=3e-4, init_kl_coef=0.05,
                                            seed=args.seed, log_dir=str(out / "ppo_kl"), checkpoint_every=0))
     agent.learn(args.timesteps)
     agent.save(out / "ppo_kl" / "model")

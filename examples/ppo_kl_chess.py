@@ -58,7 +58,7 @@ def ppo_config(args: argparse.Namespace, critic: str, log_dir: str) -> PPOKLConf
         # fit of a noisy predictor) shrinks them: within a position its scores spread ~9x less
         # than Stockfish's (s.d. 0.023 vs 0.21), so it gets a ~10x smaller beta.
         init_kl_coef=args.beta_learned if critic == "learned" else args.beta_stockfish,
-        kl_target=None,  # beta stays fixed
+        num_minibatches=4,
         seed=args.seed,
         log_dir=log_dir,
         checkpoint_every=0,
