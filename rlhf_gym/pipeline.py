@@ -122,14 +122,14 @@ class PipelineConfig:
     """Budget of SB3 PPO (env steps), smaller because each of its tokens costs about 19x more."""
     batch_size: int = 128
     """Episodes per iteration of PPOKL and RLOO; SB3 collects n_envs x n_steps tokens per rollout."""
-    kl_coef: float = 0.3
+    kl_coef: float = PPOKLConfig.init_kl_coef
     """Beta, fixed for every agent: PPOKL's per-token KL penalty, RLOO's KL in the reward, the KL penalty in
     SB3's rewards (PPOKLConfig's default)."""
-    ppo_learning_rate: float = 5e-5
+    ppo_learning_rate: float = PPOKLConfig.learning_rate
     """PPOKL's Adam step size (4 epochs x ``ppo_minibatches`` per batch, annealed linearly; PPOKLConfig's
     default). Small steps spend KL on the reward rather than on noise: approx-KL per update stays near
     1e-3 (OAI's healthy runs: 5e-4), and the gold gain per nat of KL rises (3e-4 reached half of best-of-n's)."""
-    ppo_minibatches: int = 2
+    ppo_minibatches: int = PPOKLConfig.num_minibatches
     """PPOKL's minibatches per epoch."""
     rloo_learning_rate: float = 3e-4
     """RLOO's Adam step size (one step per batch, annealed linearly)."""
