@@ -11,7 +11,6 @@ Gradient agents also get LoRA adapters (:mod:`agents.lora`), data parallelism un
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import os
@@ -19,7 +18,7 @@ import time
 import types
 import typing
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -36,7 +35,6 @@ from agents.distributed import (
     resolve_rank_device,
 )
 from agents.lm import load_causal_lm
-from agents.logger import RunLogger
 from agents.lora import AdapterDisabled, LoraSettings, add_lora, base_state_dict, is_adapter_folder, is_lora
 from agents.rollout import (
     RolloutBatch,
@@ -46,7 +44,8 @@ from agents.rollout import (
     rollout,
     sample_next_token,
 )
-from reward_models.io import save_dir_atomic
+from rlhf_common.io import save_dir_atomic
+from rlhf_common.training import RunLogger, quiet_transformers
 
 PolicyArg = str | os.PathLike[str] | torch.nn.Module | None
 """A causal LM, a Hugging Face folder, or None for the embedded default policy."""
@@ -118,20 +117,6 @@ class TrainConfig(AgentConfig):
             raise ValueError(
                 f"rollout_workers={self.rollout_workers} must divide batch_size={self.batch_size} (equal shares)."
             )
-
-
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """Hide transformers' loading/saving progress bars inside the block (they clutter the training bar)."""
-    from transformers.utils import logging as hf_logging
-
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()
 
 
 def _load_model(model: PolicyArg, device: torch.device) -> Any:

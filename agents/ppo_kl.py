@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from agents.base import Agent, PolicyArg, TrainConfig, config_cli, quiet_transformers
+from agents.base import Agent, PolicyArg, TrainConfig, config_cli
 from agents.distributed import (
     all_gather_rows,
     all_reduce,
@@ -49,6 +49,7 @@ from agents.ppo_utils import (
     masked_mean,
 )
 from agents.rollout import RolloutBatch, autocast, pack_sequences, response_logprobs
+from rlhf_common.training import quiet_transformers
 
 UPDATE_STATS = ("policy_loss", "value_loss", "clipfrac", "value_clipfrac", "approx_kl")
 """Per-minibatch statistics: each rank's sum over its rows divided by the global token count, summed over ranks."""

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from reward_models.io import save_dir_atomic
+from rlhf_common.io import save_dir_atomic
 
 __all__ = ["SMOLLM2_GGUF", "cache_dir", "minilm_path", "smollm2_gguf_path", "smollm2_path"]
 

@@ -57,8 +57,8 @@ from agents.distributed import (
 from agents.lm import load_causal_lm, load_tokenizer
 from agents.lora import LoraSettings, add_lora, check_mergeable, is_lora, merged_state_dict, trainable_parameters
 from reward_models import RewardModel, checked_scores
-from reward_models.config_cli import add_config_args, config_from_args
-from reward_models.io import (
+from rlhf_common.config_cli import add_config_args, config_from_args
+from rlhf_common.io import (
     DataError,
     atomic_path,
     describe_keys,

@@ -41,7 +41,8 @@ import torch
 
 from agents import PPOKL, RLOO, PPOKLConfig, RLOOConfig
 from agents.lm import load_causal_lm
-from rlhf_gym.pipeline import evaluate_policy, set_torch_threads
+from rlhf_common.training import set_torch_threads
+from rlhf_gym.pipeline import evaluate_policy
 from text_env import Task
 from text_env.defaults import default_eval_prompts_path, default_policy_path, default_task
 from text_env.prompts import load_prompts

@@ -24,7 +24,7 @@ import torch
 
 from agents import PPOKL, RLOO, BestOfN, BestOfNConfig, PPOKLConfig, RandomAgent, ReferenceAgent, RLOOConfig
 from agents.base import AgentConfig
-from rlhf_gym.pipeline import set_torch_threads
+from rlhf_common.training import set_torch_threads
 from text_env.defaults import default_task
 
 

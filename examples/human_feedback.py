@@ -29,8 +29,8 @@ from reward_models import HFRewardModel, SimulatedLabeler, label_jsonl
 from reward_models.labeling.server import LabelingServer
 from reward_models.labeling.store import LabelStore
 from reward_models.train import RewardTrainConfig, train_reward_model
+from rlhf_common.training import set_torch_threads
 from rlhf_gym.collect import CollectConfig, collect
-from rlhf_gym.pipeline import set_torch_threads
 from text_env.defaults import default_policy_path, default_task
 
 

@@ -34,7 +34,7 @@ import torch
 
 from agents import PPOKL, BestOfN, BestOfNConfig, PPOKLConfig, RandomAgent, ReferenceAgent
 from agents.base import AgentConfig
-from rlhf_gym.pipeline import set_torch_threads
+from rlhf_common.training import set_torch_threads
 from text_env.chess import (
     CHESS_POLICY,
     CRITIC_META_FILE,

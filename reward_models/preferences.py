@@ -19,7 +19,7 @@ from itertools import combinations
 from typing import Any
 
 from reward_models.base import RewardModel, checked_scores
-from reward_models.io import DataError, describe_keys, read_jsonl, require_str, write_jsonl_atomic
+from rlhf_common.io import DataError, describe_keys, read_jsonl, require_str, write_jsonl_atomic
 
 
 @dataclass(frozen=True)

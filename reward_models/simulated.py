@@ -22,9 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from reward_models.base import RewardModel, checked_scores
-from reward_models.config_cli import add_config_args, config_from_args
 from reward_models.gold import UpbeatGoldScorer
-from reward_models.io import DataError
 from reward_models.labeling.agreement import pairwise_agreement
 from reward_models.preferences import (
     Comparison,
@@ -34,6 +32,8 @@ from reward_models.preferences import (
     load_collection,
     save_preferences,
 )
+from rlhf_common.config_cli import add_config_args, config_from_args
+from rlhf_common.io import DataError
 
 
 @dataclass

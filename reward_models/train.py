@@ -38,7 +38,6 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from reward_models.config_cli import add_config_args, config_from_args
 from reward_models.hf import load_tokenizer, refuse_pickled_code, resolve_device
 from reward_models.hf_model import (
     NORMALISATION_FILE,
@@ -47,7 +46,6 @@ from reward_models.hf_model import (
     model_max_length,
     sequence_scores,
 )
-from reward_models.io import DataError, atomic_path, save_dir_atomic, write_json_atomic
 from reward_models.preferences import (
     PairwiseMetrics,
     Preference,
@@ -55,6 +53,8 @@ from reward_models.preferences import (
     load_preferences,
     pairwise_metrics,
 )
+from rlhf_common.config_cli import add_config_args, config_from_args
+from rlhf_common.io import DataError, atomic_path, save_dir_atomic, write_json_atomic
 
 LOG_FILE = "train_log.csv"
 CHECKPOINT_DIR = "checkpoint"

@@ -43,8 +43,8 @@ import torch
 from agents.lm import load_policy
 from agents.sft import SFTConfig, SFTResult, train_sft
 from reward_models import HFRewardModel, UpbeatGoldScorer
-from reward_models.config_cli import add_config_args, config_from_args
-from reward_models.io import portable_config, save_dir_atomic, write_json_atomic, write_jsonl_atomic
+from rlhf_common.config_cli import add_config_args, config_from_args
+from rlhf_common.io import portable_config, save_dir_atomic, write_json_atomic, write_jsonl_atomic
 from rlhf_gym.feedback import FeedbackConfig, simulated_feedback
 from text_env.defaults import ASSETS_DIR
 from text_env.prompts import load_prompts

@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 
 from agents.rollout import RolloutBatch, rollout
 from reward_models import FunctionRewardModel
-from reward_models.config_cli import add_config_args, config_from_args
-from reward_models.io import DataError, write_jsonl_atomic
+from rlhf_common.config_cli import add_config_args, config_from_args
+from rlhf_common.io import DataError, write_jsonl_atomic
 from text_env import Task, TextGenerationVectorEnv
 
 __all__ = ["CollectConfig", "collect", "sample_groups", "unscored"]
@@ -110,8 +110,8 @@ def sample_groups(
 
 def collect(config: CollectConfig) -> list[dict[str, Any]]:
     """Sample as ``config`` says and write the collection JSONL; returns its rows."""
-    from agents.base import quiet_transformers
     from agents.lm import load_causal_lm
+    from rlhf_common.training import quiet_transformers
     from text_env.defaults import default_policy_path, default_prompts_path, default_task
     from text_env.prompts import load_prompts
 

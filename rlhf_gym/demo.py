@@ -25,9 +25,9 @@ def cli(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    from agents.base import quiet_transformers
     from agents.lm import load_causal_lm
     from agents.rollout import rollout
+    from rlhf_common.training import quiet_transformers
     from text_env.defaults import default_policy_path
 
     env = gym.make_vec("RLHFText-v0", num_envs=args.episodes, vectorization_mode="vector_entry_point",

@@ -29,7 +29,7 @@ from reward_models import (
     save_preferences,
     train_reward_model,
 )
-from reward_models.io import portable_path, write_json_atomic, write_jsonl_atomic
+from rlhf_common.io import portable_path, write_json_atomic, write_jsonl_atomic
 
 
 @dataclass
@@ -99,8 +99,8 @@ def simulated_feedback(
     # 1. Sample K responses per prompt from the policy (the SFT samples labelers see).
     collection = work / "collection.jsonl"
     if not collection.is_file():
-        from agents.base import quiet_transformers
         from agents.lm import load_causal_lm
+        from rlhf_common.training import quiet_transformers
 
         with quiet_transformers():
             model = load_causal_lm(policy_dir)

@@ -43,10 +43,8 @@ import numpy as np
 import torch
 
 from agents import PPOKL, RLOO, PPOKLConfig, RLOOConfig
-from agents.base import quiet_transformers
 from agents.best_of_n import best_of_n_kl
 from agents.lm import load_causal_lm
-from agents.logger import RunLogger
 from agents.ppo_utils import kl_estimate
 from agents.rollout import response_logprobs
 from reward_models import (
@@ -59,9 +57,10 @@ from reward_models import (
     load_collection,
     save_preferences,
 )
-from reward_models.config_cli import add_config_args, config_from_args
 from reward_models.hf import resolve_device
-from reward_models.io import DataError, atomic_path, save_dir_atomic, write_json_atomic, write_jsonl_atomic
+from rlhf_common.config_cli import add_config_args, config_from_args
+from rlhf_common.io import DataError, atomic_path, save_dir_atomic, write_json_atomic, write_jsonl_atomic
+from rlhf_common.training import RunLogger, quiet_transformers, set_torch_threads
 from rlhf_gym.collect import sample_groups, unscored
 from rlhf_gym.report import AGENT_LABELS, RunLayout, format_table, summary_rows, write_report
 from text_env import Task
@@ -176,20 +175,6 @@ class PipelineConfig:
     def agent_names(self) -> list[str]:
         """The agents of ``agents``, in order."""
         return [n.strip() for n in self.agents.split(",") if n.strip()]
-
-
-def set_torch_threads(num_threads: int | None = None) -> int:
-    """Set torch's CPU threads: ``num_threads``, or by default all cores on an idle machine and 1 on a busy one.
-
-    Tiny models gain little from a second thread, and threads that wait for a core held by
-    another process cost far more: on a shared 2-core machine at load 8, sampling ran 10x
-    slower with 2 threads than with 1. Returns the number set.
-    """
-    if num_threads:
-        torch.set_num_threads(num_threads)
-    elif os.getloadavg()[0] >= 1.0:
-        torch.set_num_threads(1)
-    return torch.get_num_threads()
 
 
 # ---- evaluation ------------------------------------------------------------------------

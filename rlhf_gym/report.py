@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.best_of_n import matched_best_of_n
-from reward_models.io import atomic_path
+from rlhf_common.io import atomic_path
 
 __all__ = ["AGENT_LABELS", "RunLayout", "load_curves", "write_report"]
 

@@ -20,7 +20,7 @@ from gymnasium.vector import AutoresetMode
 
 from reward_models import FunctionRewardModel
 from reward_models.hf import resolve_device
-from reward_models.io import PACKAGE_ROOT, DataError, portable_config, read_jsonl
+from rlhf_common.io import PACKAGE_ROOT, DataError, portable_config, read_jsonl
 from text_env import TextGenerationEnv, TextGenerationVectorEnv
 from text_env import chess as chess_env
 from text_env.chess import (

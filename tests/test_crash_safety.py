@@ -56,7 +56,7 @@ def _die():
 
 def install(spec):
     """'torch.save:N': die halfway through writing the Nth torch.save file (a torn checkpoint file).
-    'swap:N': die right after the Nth folder or file swap of reward_models.io (before its cleanup);
+    'swap:N': die right after the Nth folder or file swap of rlhf_common.io (before its cleanup);
     'swap-to:NAME': die right after the swap that puts NAME in place."""
     what, n = spec.split(":")
     calls = [0]
@@ -78,7 +78,7 @@ def install(spec):
 
         torch.save = save
     elif what in ("swap", "swap-to"):
-        import reward_models.io as rio
+        import rlhf_common.io as rio
         real = rio._replace
 
         def replace(src, dst):
@@ -385,7 +385,7 @@ def test_repeated_sigkill_in_a_busy_labeling_session_loses_no_acknowledged_label
 SAVER = """
 import hashlib, json, os, signal, sys
 from pathlib import Path
-from reward_models.io import save_dir_atomic
+from rlhf_common.io import save_dir_atomic
 target, die_at_replace, size = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 if die_at_replace:
     real, calls = os.replace, [0]
@@ -455,7 +455,7 @@ def test_a_kill_right_after_any_rename_leaves_a_whole_folder(tmp_path, die_at_re
 
 def test_a_folder_left_aside_by_the_fallback_swap_is_put_back(tmp_path, monkeypatch):
     """Without an atomic exchange (not Linux), a kill between the two renames leaves only ``.NAME.old``."""
-    import reward_models.io as rio
+    import rlhf_common.io as rio
 
     monkeypatch.setattr(rio, "_exchange", lambda a, b: False)
     target = tmp_path / "checkpoint"
@@ -501,7 +501,7 @@ def _rm_log(folder: Path, resume_step: int) -> None:
 
 
 def _ppo_log(folder: Path, resume_step: int) -> None:
-    from agents.logger import RunLogger
+    from rlhf_common.training import RunLogger
 
     RunLogger(folder, resume_step=resume_step).close()
 
@@ -516,7 +516,7 @@ def _sft_log(folder: Path, resume_step: int) -> None:
     ("open_log", "name"),
     [
         pytest.param(_rm_log, LOG_FILE, id="reward_models.train._Log"),
-        pytest.param(_ppo_log, "progress.csv", id="agents.logger.RunLogger"),
+        pytest.param(_ppo_log, "progress.csv", id="rlhf_common.training.RunLogger"),
         pytest.param(_sft_log, "log.csv", id="agents.sft._CsvLog"),
     ],
 )

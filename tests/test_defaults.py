@@ -15,7 +15,7 @@ from safetensors import safe_open
 import text_env  # noqa: F401  (registers the environments)
 from agents.lm import load_policy
 from reward_models import HFRewardModel, UpbeatGoldScorer
-from reward_models.io import PACKAGE_ROOT, DataError
+from rlhf_common.io import PACKAGE_ROOT, DataError
 from rlhf_gym.build_defaults import BuildConfig, build_defaults, model_card_markdown
 from rlhf_gym.build_defaults import cli as build_cli
 from text_env.char_tokenizer import char_tokenizer

@@ -29,8 +29,8 @@ from reward_models import (
     load_preferences,
     save_preferences,
 )
-from reward_models.io import DataError, atomic_path, save_dir_atomic, write_json_atomic, write_jsonl_atomic
 from reward_models.labeling import LabelStore
+from rlhf_common.io import DataError, atomic_path, save_dir_atomic, write_json_atomic, write_jsonl_atomic
 from text_env.char_tokenizer import char_tokenizer
 from text_env.prompts import load_prompts
 

@@ -22,8 +22,8 @@ from reward_models import (
     label_jsonl,
     load_preferences,
 )
-from reward_models.io import DataError
 from reward_models.simulated import cli
+from rlhf_common.io import DataError
 
 
 def sigmoid(x: float) -> float:

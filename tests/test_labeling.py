@@ -20,11 +20,11 @@ from urllib.error import HTTPError
 
 import pytest
 
-from reward_models.io import DataError
 from reward_models.labeling import LabelingServer, LabelStore, pairwise_agreement
 from reward_models.labeling.cli import cli
 from reward_models.labeling.server import is_loopback
 from reward_models.preferences import Comparison, load_preferences
+from rlhf_common.io import DataError
 
 ITEMS = [
     {"prompt": "Say hi.", "responses": ["hi", "hello", "hey there"]},

@@ -19,7 +19,7 @@ from reward_models import (
     save_preferences,
     to_pairs,
 )
-from reward_models.io import DataError
+from rlhf_common.io import DataError
 
 
 def write_lines(path: Path, lines: list[str]) -> Path:

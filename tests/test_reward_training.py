@@ -26,7 +26,6 @@ from reward_models import (
     load_preferences,
 )
 from reward_models.hf_model import NORMALISATION_FILE, encode_for_reward, sequence_scores
-from reward_models.io import DataError
 from reward_models.train import (
     CHECKPOINT_DIR,
     LOG_FILE,
@@ -36,6 +35,7 @@ from reward_models.train import (
     ranking_loss,
     train_reward_model,
 )
+from rlhf_common.io import DataError
 from text_env.char_tokenizer import char_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]

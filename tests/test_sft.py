@@ -31,7 +31,7 @@ from agents.sft import (
     train_sft,
 )
 from reward_models import FunctionRewardModel
-from reward_models.io import DataError
+from rlhf_common.io import DataError
 from text_env.char_tokenizer import char_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]

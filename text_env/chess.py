@@ -31,7 +31,7 @@ from gymnasium.vector import AutoresetMode
 from transformers import PreTrainedTokenizerFast
 
 from reward_models import RewardModel
-from reward_models.io import DataError, read_jsonl, require_str
+from rlhf_common.io import DataError, read_jsonl, require_str
 from text_env.char_tokenizer import char_tokenizer
 from text_env.env import TextGenerationEnv
 from text_env.task import Task

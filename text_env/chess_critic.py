@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from reward_models.config_cli import add_config_args, config_from_args
-from reward_models.io import portable_config, read_jsonl, save_dir_atomic, write_json_atomic, write_jsonl_atomic
+from rlhf_common.config_cli import add_config_args, config_from_args
+from rlhf_common.io import portable_config, read_jsonl, save_dir_atomic, write_json_atomic, write_jsonl_atomic
 from text_env.chess import (
     CRITIC_META_FILE,
     EVAL_POSITIONS,

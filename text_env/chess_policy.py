@@ -30,7 +30,7 @@ import chess.engine
 import numpy as np
 from tqdm.auto import tqdm
 
-from reward_models.io import portable_config, save_dir_atomic, write_json_atomic, write_jsonl_atomic
+from rlhf_common.io import portable_config, save_dir_atomic, write_json_atomic, write_jsonl_atomic
 from text_env.chess import (
     CHESS_POLICY,
     EVAL_POSITIONS,

@@ -32,8 +32,8 @@ import chess.pgn
 import chess.polyglot
 from tqdm.auto import tqdm
 
-from reward_models.config_cli import add_config_args, config_from_args
-from reward_models.io import portable_config, write_json_atomic, write_jsonl_atomic
+from rlhf_common.config_cli import add_config_args, config_from_args
+from rlhf_common.io import portable_config, write_json_atomic, write_jsonl_atomic
 from text_env.chess import ASSETS, close_engine, find_stockfish, open_engine
 
 BOOK_PATH = "/usr/share/games/gnuchess/book.bin"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from reward_models.io import DataError, read_jsonl, require_str
+from rlhf_common.io import DataError, read_jsonl, require_str
 
 
 def load_prompts(path: str | os.PathLike[str]) -> list[str]:

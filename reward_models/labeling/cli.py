@@ -17,10 +17,10 @@ import sys
 import threading
 from pathlib import Path
 
-from reward_models.io import DataError
 from reward_models.labeling.agreement import AgreementReport
 from reward_models.labeling.server import LabelingServer
 from reward_models.labeling.store import MODES, LabelStore
+from rlhf_common.io import DataError
 
 TOKEN_ENV = "RLHF_GYM_LABEL_TOKEN"
 

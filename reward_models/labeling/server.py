@@ -30,7 +30,6 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
-from reward_models.io import DataError
 from reward_models.labeling.store import (
     MODES,
     LabelError,
@@ -39,6 +38,7 @@ from reward_models.labeling.store import (
     UnknownItemError,
     check_labeler,
 )
+from rlhf_common.io import DataError
 
 MAX_BODY_BYTES = 64 * 1024
 SECURITY_HEADERS = {

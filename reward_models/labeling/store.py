@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from reward_models.io import DataError, describe_keys, read_jsonl, require_str, write_jsonl_atomic
 from reward_models.labeling.agreement import AgreementReport, pairwise_agreement
+from rlhf_common.io import DataError, describe_keys, read_jsonl, require_str, write_jsonl_atomic
 
 Mode = Literal["rank", "best"]
 MODES: tuple[Mode, ...] = ("rank", "best")

@@ -1,7 +1,9 @@
-"""Command-line flags from a config dataclass: one flag per field, its docstring as the help.
+"""Command-line flags from a config dataclass (one flag per field, its docstring as the help), and exit codes.
 
 Each ``rlhf-gym`` subcommand maps its flags onto a config dataclass; deriving the flags
-keeps every default and description in one place, the dataclass.
+keeps every default and description in one place, the dataclass. Flags are the field names
+with dashes (``learning_rate`` -> ``--learning-rate``). Every command exits through
+:func:`run_command`: 2 for a usage or data error, 1 for a failure while running.
 """
 
 from __future__ import annotations
@@ -10,9 +12,11 @@ import argparse
 import ast
 import dataclasses
 import inspect
+import sys
 import textwrap
 import types
 import typing
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -92,3 +96,27 @@ def _parse_with(parse: Any) -> Any:
             raise argparse.ArgumentTypeError(str(e)) from e
 
     return convert
+
+
+EXIT_USAGE = 2
+"""Exit code of a usage or data error: bad flags, a bad input file, settings that conflict."""
+EXIT_FAILURE = 1
+"""Exit code of a failure while running: a NaN in training, a crashed engine, a full disk."""
+
+
+def run_command(prog: str, main: Callable[[], Any]) -> int:
+    """Run a command's body with the package's one exit-code rule; errors print as ``prog: message``.
+
+    2 for a usage or data error (``ValueError``, which includes ``DataError``; a missing input
+    file), 1 for a failure while running (``FloatingPointError``, ``RuntimeError``, ``OSError``),
+    0 on success. Anything else is a bug and keeps its traceback.
+    """
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except (FloatingPointError, RuntimeError, OSError) as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    return 0

@@ -1,4 +1,4 @@
-"""File helpers shared by every package: JSONL reading with line-exact errors, atomic saves."""
+"""File helpers every package uses: JSONL reading with line-exact errors, atomic saves, portable paths."""
 
 from __future__ import annotations
 
@@ -267,8 +267,12 @@ def portable_config(config: Any) -> dict[str, Any]:
     out, and absolute paths under :data:`PACKAGE_ROOT` become relative to it.
 
     Example:
-        >>> from text_env.chess_critic import CriticBuildConfig
-        >>> portable_config(CriticBuildConfig(out="/tmp/critic"))["train_positions"]
-        'text_env/assets/chess/positions.jsonl'
+        >>> from dataclasses import dataclass
+        >>> @dataclass
+        ... class Build:
+        ...     data: str = str(PACKAGE_ROOT / "text_env/assets/chess/positions.jsonl")
+        ...     out: str = "/tmp/critic"
+        >>> portable_config(Build())
+        {'data': 'text_env/assets/chess/positions.jsonl'}
     """
     return {k: portable_path(v) for k, v in asdict(config).items() if k not in ("out", "work", "work_dir")}
