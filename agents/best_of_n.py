@@ -1,7 +1,7 @@
 """Best-of-n: sample n responses from the reference policy, keep the one the reward model scores best.
 
 No training: the policy is the reference, and picking the best of n moves the output
-distribution by exactly KL(BoN || ref) = ln n - (n - 1) / n nats (PPO_NOTES #16), the
+distribution by exactly KL(BoN || ref) = ln n - (n - 1) / n nats (docs/ppo_details.md #16), the
 yardstick RL's KL-vs-score curve is compared against (Gao et al. 2022).
 """
 
@@ -14,32 +14,49 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 from gymnasium.vector import AutoresetMode
 
-from agents.base import Agent, AgentConfig, PolicyArg, config_cli
+from agents.base import Agent, AgentConfig
+from agents.command import agent_cli
+from agents.models import PolicyArg
 from agents.rollout import RolloutBatch, rollout
 from text_env import TextGenerationVectorEnv
 
 
 @dataclass
 class BestOfNConfig(AgentConfig):
-    """Best-of-n settings; ``batch_size`` counts samples, so ``batch_size / n`` prompts per iteration."""
+    """Best-of-n settings; ``batch_size`` counts samples, so ``batch_size / num_generations`` prompts per iteration."""
 
     log_dir: str = "runs/best_of_n"
-    checkpoint_every: int = 0
-    n: int = 4
-    """Samples per prompt; the best by the env's reward is kept."""
+    """TensorBoard events, ``progress.csv`` and ``checkpoint/`` go here."""
+    save_steps: int = 0
+    """Save a checkpoint every this many iterations; 0 never (best-of-n learns nothing to resume)."""
+    num_generations: int = 4
+    """Samples per prompt (n); the best by the env's reward is kept."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.n < 1 or self.batch_size % self.n:
-            raise ValueError(f"n={self.n} must be >= 1 and divide batch_size={self.batch_size}.")
+        if self.num_generations < 1 or self.batch_size % self.num_generations:
+            raise ValueError(f"num_generations={self.num_generations} must be >= 1 and divide "
+                             f"batch_size={self.batch_size}.")
 
 
 def best_of_n_kl(n: int) -> float:
     """Analytic KL(best-of-n || reference) in nats: ln n - (n - 1) / n."""
     return math.log(n) - (n - 1) / n
+
+
+def best_of_n_mean(proxy: np.ndarray, values: np.ndarray, n: int) -> float:
+    """Mean of ``values`` at the proxy's favourite of a random n-subset of each row's samples.
+
+    Exact over all subsets: the sample ranked ``i``-th lowest of ``N`` by the proxy (from 0)
+    is the favourite of ``C(i, n-1)`` of the ``C(N, n)`` subsets. Lower variance than
+    disjoint groups, and any n up to N works. ``proxy`` and ``values`` are ``(prompts, N)``.
+    """
+    rows, samples = proxy.shape  # (P, N)
+    order = np.argsort(proxy, axis=1, kind="stable")  # (P, N) ascending proxy
+    weights = np.array([math.comb(i, n - 1) for i in range(samples)], dtype=np.float64) / math.comb(samples, n)  # (N,)
+    return float((np.take_along_axis(values, order, 1) @ weights).mean())
 
 
 def matched_best_of_n(dense: Sequence[dict[str, float]], kl: float) -> dict[str, float] | None:
@@ -64,7 +81,7 @@ def matched_best_of_n(dense: Sequence[dict[str, float]], kl: float) -> dict[str,
 
 
 class BestOfN(Agent):
-    """Samples n responses per prompt from the reference and keeps the reward model's best.
+    """Samples n (``num_generations``) responses per prompt from the reference and keeps the reward model's best.
 
     ``learn`` measures it (score of the kept responses, analytic KL). ``predict`` plays it
     in an env: at an episode's first step (``state`` None or ``episode_start`` True) it
@@ -82,24 +99,27 @@ class BestOfN(Agent):
         super().__init__(env, policy, config)
 
     def _build(self, checkpoint: Any) -> None:
-        self._plan_env = TextGenerationVectorEnv(self.task, self.config.n, autoreset_mode=AutoresetMode.DISABLED)
+        n = self.config.num_generations
+        self._plan_env = TextGenerationVectorEnv(self.task, n, autoreset_mode=AutoresetMode.DISABLED)
 
     def best(self, batch: RolloutBatch) -> np.ndarray:
         """Row index of the highest env reward in each group of n consecutive rows."""
-        rewards = batch.rewards.reshape(-1, self.config.n)  # (prompts, n)
-        return rewards.argmax(1) + np.arange(len(rewards)) * self.config.n
+        n = self.config.num_generations
+        rewards = batch.rewards.reshape(-1, n)  # (prompts, n)
+        return rewards.argmax(1) + np.arange(len(rewards)) * n
 
     def _iteration(self) -> tuple[dict[str, float], int]:
-        batch = rollout(self.policy, self.env, temperature=self.config.temperature, group_size=self.config.n,
+        n = self.config.num_generations
+        batch = rollout(self.policy, self.env, temperature=self.config.temperature, group_size=n,
                         seed=self._prompt_seed(), generator=self.generator)
-        keep = self.best(batch)
         metrics = {f"sample_{k}": v for k, v in batch.metrics().items()}  # all n samples: the reference
-        metrics["score"] = float(batch.scores[keep].mean())
-        metrics["reward"] = float(batch.rewards[keep].mean())
-        metrics["response_length"] = float(batch.lengths[torch.as_tensor(keep)].float().mean())
-        if batch.gold_scores is not None:
-            metrics["gold_score"] = float(batch.gold_scores[keep].mean())
-        metrics["kl"] = best_of_n_kl(self.config.n)
+        proxy = batch.rewards.reshape(-1, n)  # (prompts, n): the kept sample is the proxy's favourite
+        kept = {"score": batch.scores, "reward": batch.rewards, "response_length": batch.lengths.cpu().numpy(),
+                "gold_score": batch.gold_scores}
+        for name, values in kept.items():
+            if values is not None:
+                metrics[name] = best_of_n_mean(proxy, values.reshape(-1, n), n)
+        metrics["kl"] = best_of_n_kl(n)
         return metrics, int(batch.response_mask.sum())
 
     def predict(
@@ -125,14 +145,14 @@ class BestOfN(Agent):
 
     def _plan(self, prompt: str) -> list[int]:
         batch = rollout(self.policy, self._plan_env, temperature=self.config.temperature,
-                        group_size=self.config.n, prompts=[prompt], generator=self.generator)
+                        group_size=self.config.num_generations, prompts=[prompt], generator=self.generator)
         row = int(self.best(batch)[0])
         return batch.response_ids[row][batch.response_mask[row].bool()].tolist()
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
     """``python -m agents.best_of_n [--flags]``: measure best-of-n on RLHFText-v0 (or ``--env``)."""
-    return config_cli(BestOfN, argv, description=__doc__.splitlines()[0], default_timesteps=20_000)
+    return agent_cli(BestOfN, argv, description=__doc__.splitlines()[0], default_timesteps=20_000)
 
 
 if __name__ == "__main__":

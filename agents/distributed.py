@@ -2,11 +2,12 @@
 
 ``torchrun --nproc_per_node N script.py`` sets ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``;
 :func:`init_distributed` then joins the process group (gloo on CPU, NCCL on GPU). Agents
-keep every statistic that shapes the update global (advantage whitening, the KL
-controller, the per-minibatch token count that normalises the loss), so N processes take
-the same step as one process over the same global batch, up to floating-point reduction
-order. Only rank 0 writes checkpoints and logs. Without ``WORLD_SIZE > 1`` every helper
-here is a no-op and nothing touches ``torch.distributed``.
+keep every statistic that shapes the update global (advantage whitening in
+:func:`agents.ppo_utils.masked_whiten`, the KL controller, the per-minibatch token count
+that normalizes the loss), so N processes take the same step as one process over the
+same global batch, up to floating-point reduction order. Only rank 0 writes checkpoints
+and logs. Without ``WORLD_SIZE > 1`` every helper here is a no-op and nothing touches
+``torch.distributed``.
 """
 
 from __future__ import annotations
@@ -18,11 +19,10 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from agents.ppo_utils import masked_whiten
 from reward_models.hf import resolve_device
 
-__all__ = ["DistInfo", "all_gather_rows", "all_reduce", "broadcast_parameters", "init_distributed",
-           "masked_whiten_global", "reduce_gradients", "reduce_metrics", "resolve_rank_device"]
+__all__ = ["DistInfo", "all_gather_rows", "all_reduce", "broadcast_parameters", "check_data_parallel",
+           "init_distributed", "reduce_gradients", "reduce_metrics", "resolve_rank_device"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,24 @@ def init_distributed() -> DistInfo:
         # NCCL for GPUs, gloo on CPU: the backends torch ships for each.
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def check_data_parallel(info: DistInfo, name: str, supported: bool, batch_size: int, rollout_workers: int) -> None:
+    """Refuse a torchrun world the agent ``name`` cannot run in: no support, an uneven batch, or Ray workers too."""
+    if info.world_size == 1:
+        return
+    if not supported:
+        raise RuntimeError(
+            f"{name} does not support torchrun data parallelism (WORLD_SIZE={info.world_size}); "
+            "run it in one process, or use PPOKL or RLOO."
+        )
+    if batch_size % info.world_size:
+        raise ValueError(
+            f"batch_size={batch_size} is the global batch: it must be divisible by "
+            f"WORLD_SIZE={info.world_size}, each rank generating an equal share."
+        )
+    if rollout_workers:
+        raise ValueError("rollout_workers > 0 (Ray) and torchrun data parallelism cannot be combined; pick one.")
 
 
 def resolve_rank_device(device: str | torch.device, info: DistInfo) -> torch.device:
@@ -91,20 +109,6 @@ def broadcast_parameters(modules: Iterable[torch.nn.Module], info: DistInfo) -> 
     for module in modules:
         for tensor in module.state_dict().values():
             dist.broadcast(tensor, src=0)
-
-
-def masked_whiten_global(x: torch.Tensor, mask: torch.Tensor, info: DistInfo, shift_mean: bool = True) -> torch.Tensor:
-    """:func:`agents.ppo_utils.masked_whiten` with the mean and variance taken over every rank's rows."""
-    if info.world_size == 1:
-        return masked_whiten(x, mask, shift_mean)
-    total = all_reduce(torch.stack([(x * mask).sum(), mask.sum()]), info)
-    mean = total[0] / total[1]
-    squares = all_reduce(((x - mean) ** 2 * mask).sum(), info)
-    var = squares / (total[1] - 1)  # Bessel-corrected like masked_var
-    whitened = (x - mean) * torch.rsqrt(var + 1e-8)
-    if not shift_mean:
-        whitened = whitened + mean
-    return whitened * mask
 
 
 def reduce_metrics(metrics: dict[str, float], info: DistInfo, device: torch.device) -> dict[str, float]:

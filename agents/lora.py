@@ -34,7 +34,7 @@ class LoraSettings:
     alpha: float = 16.0
     """The update is scaled by ``alpha / r`` (peft's ``lora_alpha``)."""
     dropout: float = 0.0
-    """Dropout on the adapter input; 0 because RLHF log-probs must be deterministic (PPO_NOTES #14)."""
+    """Dropout on the adapter input; 0 because RLHF log-probs must be deterministic (docs/ppo_details.md #14)."""
     target_modules: tuple[str, ...] | None = None
     """Module names to adapt; None: peft's default for the architecture (GPT-2 ``c_attn``,
     Llama ``q_proj``/``v_proj``), or every linear layer but the output head when peft has none."""

@@ -30,15 +30,11 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from agents.base import Agent, PolicyArg, TrainConfig, config_cli
-from agents.distributed import (
-    all_gather_rows,
-    all_reduce,
-    broadcast_parameters,
-    masked_whiten_global,
-    reduce_metrics,
-)
+from agents.base import Agent, TrainConfig
+from agents.command import agent_cli
+from agents.distributed import all_gather_rows, all_reduce, broadcast_parameters, reduce_metrics
 from agents.lora import trainable_parameters
+from agents.models import PolicyArg
 from agents.ppo_utils import (
     AdaptiveKLController,
     FixedKLController,
@@ -46,9 +42,12 @@ from agents.ppo_utils import (
     compute_gae,
     explained_variance,
     kl_estimate,
+    kl_per_response,
     masked_mean,
+    masked_whiten,
 )
-from agents.rollout import RolloutBatch, autocast, pack_sequences, response_logprobs
+from agents.rollout import RolloutBatch, autocast
+from agents.scoring import pack_sequences, response_logprobs
 from rlhf_common.training import quiet_transformers
 
 UPDATE_STATS = ("policy_loss", "value_loss", "clipfrac", "value_clipfrac", "approx_kl")
@@ -57,24 +56,25 @@ UPDATE_STATS = ("policy_loss", "value_loss", "clipfrac", "value_clipfrac", "appr
 
 @dataclass
 class PPOKLConfig(TrainConfig):
-    """PPO-KL settings: OAI's recipe (PPO_NOTES), with the step size, batch and beta measured on RLHFText-v0.
+    """PPO-KL settings: OAI's recipe (docs/ppo_details.md), with the step size, batch and beta measured on RLHFText-v0.
 
     On the default task these defaults buy 0.8x or more of best-of-n's gold gain at the same KL
-    (README, Step 3); OAI's adaptive beta (``init_kl_coef=0.15, kl_target=6.0``) is one setting away.
+    (README, Step 3); OAI's adaptive beta (``beta=0.15, kl_target=6.0``) is one setting away.
     """
 
     log_dir: str = "runs/ppo_kl"
+    """TensorBoard events, ``progress.csv`` and ``checkpoint/`` go here."""
     batch_size: int = 128
     """Episodes per iteration, generated together."""
-    num_minibatches: int = 2
+    num_mini_batches: int = 2
     """Minibatches per batch, each one optimiser step: 64 episodes, so a step averages over many prompts."""
     learning_rate: float = 5e-5
     """Adam step size at the start, annealed to 0. Small steps spend KL on the reward, not on noise:
     approx-KL per update stays near 1e-3 on the default policy (OAI's healthy runs: 5e-4); with 3e-4
     it was 0.03-0.15 and PPOKL bought half the gold per nat. Lower it for larger models (OAI: 1.41e-5)."""
-    ppo_epochs: int = 4
+    num_ppo_epochs: int = 4
     """Passes over each batch, reshuffled every epoch (OAI: 4)."""
-    init_kl_coef: float = 0.3
+    beta: float = 0.3
     """Beta, the weight of the per-token KL penalty (OAI: 0.15 adaptive; TRL old: 0.2). The KL where
     PPO levels off grows as beta falls; a run that reaches it then trades along it for reward, which
     is where PPO is most KL-efficient (0.3: about 1.5 nats on the default task, reached after ~80k tokens)."""
@@ -96,8 +96,6 @@ class PPOKLConfig(TrainConfig):
     """GAE lambda."""
     whiten_rewards: bool = False
     """Whiten per-token rewards (without shifting the mean) before GAE (OAI on; N+, TRL off)."""
-    missing_eos_penalty: float = 0.0
-    """Extra score penalty when a response hits the length cap, on top of the task's own."""
     value_head: Literal["shared", "critic"] = "shared"
     """"shared": zero-initialised linear head on the policy's last hidden state (OAI);
     "critic": a separate model initialised from the reward model at ``critic_path`` (N+, InstructGPT)."""
@@ -152,9 +150,9 @@ class PPOKL(Agent):
         else:
             self.value_model = self._load_critic(checkpoint / "critic" if checkpoint else Path(cfg.critic_path))
         if cfg.kl_target is None:
-            self.kl_ctl: FixedKLController | AdaptiveKLController = FixedKLController(cfg.init_kl_coef)
+            self.kl_ctl: FixedKLController | AdaptiveKLController = FixedKLController(cfg.beta)
         else:
-            self.kl_ctl = AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
+            self.kl_ctl = AdaptiveKLController(cfg.beta, cfg.kl_target, cfg.kl_horizon)
         broadcast_parameters([self.value_model], self.dist)
         # With LoRA only the adapters train: Adam keeps no moments for the frozen base weights.
         self._make_optimizer([*trainable_parameters(self.policy), *self.value_model.parameters()])
@@ -214,24 +212,22 @@ class PPOKL(Agent):
             old_values = self._values(batch, batch.hidden)  # (B, T)
             ref = response_logprobs(self.reference, batch, cfg.temperature, vocab).logprobs  # (B, T)
 
-        # 3. Per-token KL to the reference (PPO_NOTES #1, #4).
+        # 3. Per-token KL to the reference (docs/ppo_details.md #1, #4).
         kl = kl_estimate(old, ref, cfg.kl_estimator) * mask  # (B, T)
         beta = self.kl_ctl.value
 
         # 4. Reward: -beta * KL on every token, the score on the last response token only.
-        capped = np.array([info["end_reason"] == "max_new_tokens" for info in batch.infos])
-        score = torch.as_tensor(batch.rewards - cfg.missing_eos_penalty * capped,
-                                dtype=torch.float32, device=self.device)  # (B,)
+        score = batch.penalized_rewards(cfg.missing_eos_penalty)  # (B,)
         rewards = -beta * kl  # (B, T)
         rewards[torch.arange(n, device=self.device), batch.lengths - 1] += score
         if cfg.whiten_rewards:  # OAI: scale rewards, keep their sign (shift_mean=False)
-            rewards = masked_whiten_global(rewards, mask, dist, shift_mean=False)
+            rewards = masked_whiten(rewards, mask, shift_mean=False, dist=dist)
 
         # 5. GAE (gamma 1, lambda 0.95; nothing bootstrapped past the last token).
         advantages, returns = compute_gae(rewards, old_values, mask, cfg.gamma, cfg.lam)  # (B, T)
 
-        # 6. Whiten advantages, always (PPO_NOTES #9); mean and variance over every rank's rows.
-        advantages = masked_whiten_global(advantages, mask, dist)
+        # 6. Whiten advantages, always (docs/ppo_details.md #9); mean and variance over every rank's rows.
+        advantages = masked_whiten(advantages, mask, dist=dist)
 
         # 7. PPO epochs: minibatches reshuffled every epoch (OAI). The permutation is over the
         # global batch (same generator seed on every rank); each rank backpropagates its own rows
@@ -240,9 +236,9 @@ class PPOKL(Agent):
         tokens_per_row = all_gather_rows(batch.lengths, dist)  # (world * B,)
         first = dist.rank * n  # global index of this rank's first row
         stats: dict[str, list[float]] = defaultdict(list)
-        for _ in range(cfg.ppo_epochs):
+        for _ in range(cfg.num_ppo_epochs):
             order = torch.randperm(n * dist.world_size, generator=self.generator, device=self.device)
-            for rows in order.chunk(cfg.num_minibatches):
+            for rows in order.chunk(cfg.num_mini_batches):
                 tokens = tokens_per_row[rows].sum().clamp(min=1)
                 idx = rows[(rows >= first) & (rows < first + n)] - first  # this rank's rows, local indices
                 parts = torch.zeros(len(UPDATE_STATS), device=self.device)
@@ -256,7 +252,7 @@ class PPOKL(Agent):
                     pg_losses = -adv * ratio
                     pg_clipped = -adv * ratio.clamp(1 - cfg.cliprange, 1 + cfg.cliprange)
                     pg_loss = _minibatch_mean(torch.max(pg_losses, pg_clipped), m, tokens)
-                    # Value clipping around the old values (OAI, PPO_NOTES #11).
+                    # Value clipping around the old values (OAI, docs/ppo_details.md #11).
                     v_clipped = old_v + (values - old_v).clamp(-cfg.cliprange_value, cfg.cliprange_value)
                     vf_loss = 0.5 * _minibatch_mean(torch.max((values - ret) ** 2, (v_clipped - ret) ** 2), m, tokens)
                     self._backward(pg_loss + cfg.vf_coef * vf_loss, "PPO loss")
@@ -273,17 +269,17 @@ class PPOKL(Agent):
                 for key, value in zip(UPDATE_STATS, all_reduce(parts, dist).tolist(), strict=True):
                     stats[key].append(value)
 
-        # 8. KL controller on the per-response KL sum, batch-averaged over all ranks (PPO_NOTES #1, #3); log.
-        kl_per_response = float(all_reduce(kl.sum(1).mean(), dist)) / dist.world_size
-        self.kl_ctl.update(kl_per_response, n * dist.world_size)
+        # 8. KL controller on the per-response KL sum, batch-averaged over all ranks (docs/ppo_details.md #1, #3); log.
+        mean_kl = float(all_reduce(kl.sum(1).mean(), dist)) / dist.world_size
+        self.kl_ctl.update(mean_kl, n * dist.world_size)
         metrics = batch.metrics()
         metrics.update({key: float(np.mean(vals)) for key, vals in stats.items()})
         metrics.update(
-            kl=kl_per_response,
-            kl_k1=float(kl_estimate(old, ref, "k1").mul(mask).sum(1).mean()),
-            kl_k3=float(kl_estimate(old, ref, "k3").mul(mask).sum(1).mean()),
+            kl=mean_kl,
+            kl_k1=float(kl_per_response(old, ref, mask, "k1").mean()),
+            kl_k3=float(kl_per_response(old, ref, mask, "k3").mean()),
             beta=beta,
-            objective=float(score.mean()) - beta * kl_per_response,
+            objective=float(score.mean()) - beta * mean_kl,
             entropy=float(masked_mean(batch.entropy, mask)),
             explained_variance=explained_variance(old_values, returns, mask),
             value_mean=float(masked_mean(old_values, mask)),
@@ -307,7 +303,7 @@ class PPOKL(Agent):
 
 def cli(argv: Sequence[str] | None = None) -> int:
     """``python -m agents.ppo_kl [--flags]``: train on RLHFText-v0 (or ``--env``) and save the agent."""
-    return config_cli(PPOKL, argv, description=__doc__.splitlines()[0], default_timesteps=200_000)
+    return agent_cli(PPOKL, argv, description=__doc__.splitlines()[0], default_timesteps=200_000)
 
 
 if __name__ == "__main__":

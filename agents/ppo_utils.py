@@ -2,7 +2,7 @@
 
 Every tensor here is ``(B, T)``: one row per response, one column per response token,
 right-padded, with ``mask`` 1 on real tokens and 0 on padding. Padding never enters
-a statistic (PPO_NOTES #6).
+a statistic (docs/ppo_details.md #6).
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from typing import Literal
 
 import numpy as np
 import torch
+
+from agents.distributed import DistInfo, all_reduce
 
 KLEstimator = Literal["k1", "k2", "k3"]
 
@@ -34,13 +36,22 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     return var
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
+                  dist: DistInfo | None = None) -> torch.Tensor:
     """Scale ``x`` to unit variance over masked positions, and to zero mean with ``shift_mean``.
 
     Padding comes back as 0. ``shift_mean=False`` keeps the sign of rewards when they are
-    whitened (OAI's lm-human-preferences / TRL's ``whiten(..., shift_mean=False)``).
+    whitened (OAI's lm-human-preferences / TRL's ``whiten(..., shift_mean=False)``). Under
+    torchrun (``dist`` with ``world_size > 1``) the mean and variance are taken over every
+    rank's rows, so N ranks whiten as one process would (docs/ppo_details.md #9).
     """
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    if dist is None or dist.world_size == 1:
+        mean, var = masked_mean(x, mask), masked_var(x, mask)
+    else:
+        total = all_reduce(torch.stack([(x * mask).sum(), mask.sum()]), dist)
+        mean = total[0] / total[1]
+        squares = all_reduce(((x - mean) ** 2 * mask).sum(), dist)
+        var = squares / (total[1] - 1)  # Bessel-corrected like masked_var
     whitened = (x - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
         whitened = whitened + mean
@@ -64,13 +75,19 @@ def kl_estimate(logp: torch.Tensor, logp_ref: torch.Tensor, kind: KLEstimator = 
     raise ValueError(f"kind={kind!r} is not a KL estimator; use 'k1', 'k2' or 'k3'.")
 
 
+def kl_per_response(logp: torch.Tensor, logp_ref: torch.Tensor, mask: torch.Tensor,
+                    kind: KLEstimator = "k1") -> torch.Tensor:
+    """(B,) each response's KL to the reference: :func:`kl_estimate` summed over its tokens (docs/ppo_details.md #4)."""
+    return (kl_estimate(logp, logp_ref, kind) * mask).sum(1)
+
+
 def compute_gae(
     rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation over right-padded responses; returns (advantages, returns).
 
     The value after the last response token is 0: the response is final and scored, so
-    nothing is bootstrapped past it (PPO_NOTES #10). Returns are ``advantages + values``.
+    nothing is bootstrapped past it (docs/ppo_details.md #10). Returns are ``advantages + values``.
     """
     rewards, values = rewards * mask, values * mask  # (B, T)
     advantages = torch.zeros_like(rewards)  # (B, T)
@@ -107,8 +124,8 @@ def explained_variance(predicted: torch.Tensor, target: torch.Tensor, mask: torc
 class FixedKLController:
     """A constant KL coefficient beta (N+ / TRL's new trainers: 0.05; InstructGPT: 0.02)."""
 
-    def __init__(self, kl_coef: float) -> None:
-        self.value = float(kl_coef)
+    def __init__(self, beta: float) -> None:
+        self.value = float(beta)
 
     def update(self, current_kl: float, n_episodes: int) -> None:
         """Nothing to adapt."""
@@ -129,10 +146,10 @@ class AdaptiveKLController:
     a KL above target raises beta, below lowers it, by at most 20% per horizon of episodes.
     """
 
-    def __init__(self, init_kl_coef: float, target: float, horizon: int) -> None:
+    def __init__(self, beta: float, target: float, horizon: int) -> None:
         if target <= 0 or horizon <= 0:
             raise ValueError(f"target={target} and horizon={horizon} must both be > 0.")
-        self.value = float(init_kl_coef)
+        self.value = float(beta)
         self.target = float(target)
         self.horizon = int(horizon)
 

@@ -22,7 +22,7 @@ class RandomAgent(Agent):
     needs_reference = False
 
     def __init__(self, env: Any, config: AgentConfig | None = None) -> None:
-        super().__init__(env, None, config or AgentConfig(log_dir="runs/random", checkpoint_every=0))
+        super().__init__(env, None, config or AgentConfig(log_dir="runs/random", save_steps=0))
 
     def _iteration(self) -> tuple[dict[str, float], int]:
         batch = rollout(None, self.env, seed=self._prompt_seed(), generator=self.generator)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from agents.base import Agent, AgentConfig, PolicyArg
+from agents.base import Agent, AgentConfig
+from agents.models import PolicyArg
 from agents.rollout import rollout
 
 
@@ -20,7 +21,7 @@ class ReferenceAgent(Agent):
     needs_reference = False
 
     def __init__(self, env: Any, policy: PolicyArg = None, config: AgentConfig | None = None) -> None:
-        super().__init__(env, policy, config or AgentConfig(log_dir="runs/reference", checkpoint_every=0))
+        super().__init__(env, policy, config or AgentConfig(log_dir="runs/reference", save_steps=0))
 
     def _iteration(self) -> tuple[dict[str, float], int]:
         batch = rollout(self.policy, self.env, temperature=self.config.temperature,

@@ -7,7 +7,7 @@ needed. One on-policy gradient step per batch (minibatches only accumulate gradi
 Runs data-parallel under ``torchrun --nproc_per_node N`` too (the update equals the 1-process one).
 
     from agents import RLOO, RLOOConfig
-    agent = RLOO("RLHFText-v0", config=RLOOConfig(rloo_k=4)).learn(50_000)
+    agent = RLOO("RLHFText-v0", config=RLOOConfig(num_generations=4)).learn(50_000)
 """
 
 from __future__ import annotations
@@ -17,14 +17,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
-from agents.base import Agent, PolicyArg, TrainConfig, config_cli
-from agents.distributed import DistInfo, all_gather_rows, all_reduce, masked_whiten_global, reduce_metrics
+from agents.base import Agent, TrainConfig
+from agents.command import agent_cli
+from agents.distributed import DistInfo, all_gather_rows, all_reduce, reduce_metrics
 from agents.lora import trainable_parameters
-from agents.ppo_utils import KLEstimator, kl_estimate, leave_one_out_advantages, masked_mean
-from agents.rollout import response_logprobs
+from agents.models import PolicyArg
+from agents.ppo_utils import KLEstimator, kl_per_response, leave_one_out_advantages, masked_mean, masked_whiten
+from agents.scoring import response_logprobs
 
 
 @dataclass
@@ -32,28 +33,28 @@ class RLOOConfig(TrainConfig):
     """RLOO settings (TRL's RLOOTrainer defaults where they apply)."""
 
     log_dir: str = "runs/rloo"
-    rloo_k: int = 4
-    """Samples per prompt; each one's baseline is the mean reward of the other k - 1."""
-    kl_coef: float = 0.05
+    """TensorBoard events, ``progress.csv`` and ``checkpoint/`` go here."""
+    num_generations: int = 4
+    """Samples per prompt (k); each one's baseline is the mean reward of the other k - 1."""
+    beta: float = 0.05
     """Beta of the per-response KL penalty in the reward (TRL: 0.05)."""
     kl_estimator: KLEstimator = "k1"
     """Per-token KL estimator summed over the response: "k1" (logp - logp_ref) or "k3"."""
-    missing_eos_penalty: float = 0.0
-    """Extra score penalty when a response hits the length cap, on top of the task's own."""
     normalize_advantages: bool = False
     """Whiten the per-response advantages over the batch (TRL's ``normalize_advantage``)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.rloo_k < 2 or self.batch_size % self.rloo_k:
-            raise ValueError(f"rloo_k={self.rloo_k} must be >= 2 and divide batch_size={self.batch_size}.")
+        if self.num_generations < 2 or self.batch_size % self.num_generations:
+            raise ValueError(f"num_generations={self.num_generations} must be >= 2 and divide "
+                             f"batch_size={self.batch_size}.")
 
 
 class RLOO(Agent):
     """REINFORCE leave-one-out against a reward model, KL-penalised to the frozen reference.
 
     Runs data-parallel under ``torchrun`` like :class:`agents.PPOKL`: each rank generates whole
-    groups of k samples (``batch_size / WORLD_SIZE`` episodes, a multiple of ``rloo_k``), so every
+    groups of k samples (``batch_size / WORLD_SIZE`` episodes, a multiple of ``num_generations``), so every
     leave-one-out baseline is local, and N ranks take the 1-process step.
 
     Args: as :class:`agents.PPOKL`, with an :class:`RLOOConfig`.
@@ -71,10 +72,10 @@ class RLOO(Agent):
     def _check_distributed(self, info: DistInfo) -> DistInfo:
         info = super()._check_distributed(info)
         share = self.config.batch_size // info.world_size
-        if share % self.config.rloo_k:
+        if share % self.config.num_generations:
             raise ValueError(
-                f"rloo_k={self.config.rloo_k} must divide each rank's {share} episodes (batch_size / WORLD_SIZE): "
-                "a prompt's k samples are generated on one rank."
+                f"num_generations={self.config.num_generations} must divide each rank's {share} episodes "
+                "(batch_size / WORLD_SIZE): a prompt's k samples are generated on one rank."
             )
         return info
 
@@ -82,7 +83,7 @@ class RLOO(Agent):
         self._make_optimizer(trainable_parameters(self.policy))  # with LoRA: the adapters only
 
     def _iteration(self) -> tuple[dict[str, float], int]:
-        cfg, vocab, k, dist = self.config, self.task.vocab_size, self.config.rloo_k, self.dist
+        cfg, vocab, k, dist = self.config, self.task.vocab_size, self.config.num_generations, self.dist
         # 1. Generate k responses per prompt (under torchrun: this rank's share, B = batch_size / world_size).
         batch = self._generate(group_size=k)
         mask = batch.response_mask.float()  # (B, T)
@@ -96,21 +97,19 @@ class RLOO(Agent):
             ref = response_logprobs(self.reference, batch, cfg.temperature, vocab).logprobs  # (B, T)
 
         # 3. Per-response reward: score minus beta * summed KL (RLOO puts the KL in the sequence reward).
-        kl = (kl_estimate(old, ref, cfg.kl_estimator) * mask).sum(1)  # (B,)
-        capped = np.array([info["end_reason"] == "max_new_tokens" for info in batch.infos])
-        score = torch.as_tensor(batch.rewards - cfg.missing_eos_penalty * capped,
-                                dtype=torch.float32, device=self.device)  # (B,)
-        reward = (score - cfg.kl_coef * kl).view(-1, k)  # (prompts, k)
+        kl = kl_per_response(old, ref, mask, cfg.kl_estimator)  # (B,)
+        score = batch.penalized_rewards(cfg.missing_eos_penalty)  # (B,)
+        reward = (score - cfg.beta * kl).view(-1, k)  # (prompts, k)
 
         # 4. Leave-one-out baseline: the mean reward of the other k - 1 samples of the prompt.
         advantages = leave_one_out_advantages(reward).flatten()  # (B,)
         if cfg.normalize_advantages:  # mean and variance over every rank's responses
-            advantages = masked_whiten_global(advantages, torch.ones_like(advantages), dist)
+            advantages = masked_whiten(advantages, torch.ones_like(advantages), dist=dist)
 
         # 5. One REINFORCE step: -A * log pi(response), averaged over the global batch; gradients are
         # accumulated over minibatches and summed over ranks by the optimiser step.
         loss_total = torch.zeros((), device=self.device)
-        for idx in torch.arange(n, device=self.device).chunk(cfg.num_minibatches):
+        for idx in torch.arange(n, device=self.device).chunk(cfg.num_mini_batches):
             new = response_logprobs(self.policy, batch, cfg.temperature, vocab, index=idx)
             loss = -(advantages[idx] * new.logprobs.sum(1)).sum() / (n * dist.world_size)
             self._backward(loss, "RLOO loss")
@@ -121,9 +120,9 @@ class RLOO(Agent):
         metrics = batch.metrics()
         metrics.update(
             kl=float(kl.mean()),
-            kl_k1=float((kl_estimate(old, ref, "k1") * mask).sum(1).mean()),
-            kl_k3=float((kl_estimate(old, ref, "k3") * mask).sum(1).mean()),
-            beta=cfg.kl_coef,
+            kl_k1=float(kl_per_response(old, ref, mask, "k1").mean()),
+            kl_k3=float(kl_per_response(old, ref, mask, "k3").mean()),
+            beta=cfg.beta,
             objective=float(reward.mean()),
             entropy=float(masked_mean(batch.entropy, mask)),
             policy_loss=float(all_reduce(loss_total, dist)),
@@ -136,7 +135,7 @@ class RLOO(Agent):
 
 def cli(argv: Sequence[str] | None = None) -> int:
     """``python -m agents.rloo [--flags]``: train on RLHFText-v0 (or ``--env``) and save the agent."""
-    return config_cli(RLOO, argv, description=__doc__.splitlines()[0], default_timesteps=200_000)
+    return agent_cli(RLOO, argv, description=__doc__.splitlines()[0], default_timesteps=200_000)
 
 
 if __name__ == "__main__":

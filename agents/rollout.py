@@ -1,13 +1,11 @@
-"""The fast rollout shared by every LM agent, and one-pass log-probs of finished responses.
+"""The fast rollout shared by every LM agent.
 
 :func:`rollout` steps a whole batch of episodes through the Gymnasium vector API with
 one KV-cached forward pass per token, feeding the model only the new tokens of the
 episodes still running; the env decides when each response ends and scores it. It
 records the log-prob and entropy of every sampled token (and, on request, the hidden
 state that predicted it), so agents need no second pass of the sampling policy.
-:func:`response_logprobs` re-scores prompt + response in one forward pass over
-sequences packed without padding (:func:`pack_sequences`): reference and new-policy
-log-probs come from it, and agree with the rollout's up to float rounding.
+:mod:`agents.scoring` re-scores finished responses in one packed pass.
 """
 
 from __future__ import annotations
@@ -23,17 +21,15 @@ import torch
 from gymnasium.vector import AutoresetMode
 
 from text_env import Task, TextGenerationEnv, TextGenerationVectorEnv
+from text_env.observation import action_logits, next_token_logits
+from text_env.task import END_MAX_TOKENS
 
 __all__ = [
-    "PackedSequences",
-    "ResponseOutput",
     "RolloutBatch",
     "autocast",
     "episode_uniforms",
     "make_rollout_env",
     "next_token_logprobs",
-    "pack_sequences",
-    "response_logprobs",
     "reduced_precision",
     "rollout",
     "sample_next_token",
@@ -54,7 +50,7 @@ class RolloutBatch:
     """(B, T) 1 on response tokens, 0 on padding."""
     logprobs: torch.Tensor
     """(B, T) log-probs of the sampled tokens under the temperature-scaled (masked) policy; 0 on padding.
-    They are the policy's old log-probs: :func:`response_logprobs` of the same sequences gives them
+    They are the policy's old log-probs: :func:`agents.scoring.response_logprobs` of the same sequences gives them
     again up to float rounding (tests/test_rollout.py), so agents need not recompute them."""
     entropy: torch.Tensor
     """(B, T) entropy of the temperature-scaled (masked) distribution each token was sampled from; 0 on padding."""
@@ -98,15 +94,14 @@ class RolloutBatch:
             out["gold_score"] = float(gold.mean())
         return out
 
+    def penalized_rewards(self, missing_eos_penalty: float) -> torch.Tensor:
+        """(B,) float32 the env rewards minus ``missing_eos_penalty`` for each response cut at the length cap.
 
-@dataclass
-class ResponseOutput:
-    """Per-token outputs of :func:`response_logprobs`."""
-
-    logprobs: torch.Tensor
-    """(B, T) log-probs of the response tokens, 0 on padding."""
-    hidden: torch.Tensor | None
-    """(B, T, H) last hidden state at the position that predicts each response token (the state s_t), 0 on padding."""
+        The agents' extra penalty on top of the task's own (docs/ppo_details.md #7).
+        """
+        capped = np.array([info["end_reason"] == END_MAX_TOKENS for info in self.infos])
+        return torch.as_tensor(self.rewards - missing_eos_penalty * capped, dtype=torch.float32,
+                               device=self.response_mask.device)
 
 
 def make_rollout_env(env: Any, num_envs: int) -> gym.vector.VectorEnv:
@@ -144,18 +139,13 @@ def make_rollout_env(env: Any, num_envs: int) -> gym.vector.VectorEnv:
 def next_token_logprobs(
     logits: torch.Tensor, temperature: float, vocab_size: int, allowed: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Log-softmax of ``logits / temperature`` over the env's actions, disallowed tokens at -inf.
+    """Log-softmax of ``logits / temperature`` over the env's actions, disallowed tokens at probability 0.
 
     Every log-prob (sampling, old, reference, new) goes through here, so temperature and
-    masking are applied identically everywhere (PPO_NOTES #4, #5).
+    masking are applied identically everywhere (docs/ppo_details.md #4, #5); the logits are
+    prepared by the observation contract's :func:`text_env.observation.action_logits`.
     """
-    logits = logits[..., :vocab_size].float()  # (..., V): a model may pad its vocab
-    if temperature != 1.0:  # dividing by 1 would only copy the (..., V) logits
-        logits = logits / temperature
-    if allowed is not None:
-        # finfo.min, not -inf: exp gives 0 and 0 * logp stays 0 in the entropy.
-        logits = logits.masked_fill(~allowed, torch.finfo(logits.dtype).min)
-    return logits.log_softmax(-1)
+    return action_logits(logits, vocab_size, temperature, allowed).log_softmax(-1)  # (..., V)
 
 
 def reduced_precision(device: torch.device) -> bool:
@@ -195,7 +185,7 @@ def _pick(logp: torch.Tensor, deterministic: bool, uniform: torch.Tensor) -> tor
 
 
 def _positions(mask: torch.Tensor) -> torch.Tensor:
-    # Left padding: each row's first real token is position 0 (PPO_NOTES #6).
+    # Left padding: each row's first real token is position 0 (docs/ppo_details.md #6).
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
@@ -246,7 +236,7 @@ def rollout(
             or None to sample uniformly over the allowed tokens (the random agent).
         env: a text vector env with autoreset DISABLED (see :func:`make_rollout_env`).
         temperature: logits are divided by it; train with 1.0-like values and no top-k/top-p
-            so the sampled distribution is the one scored (PPO_NOTES #5).
+            so the sampled distribution is the one scored (docs/ppo_details.md #5).
         deterministic: greedy decoding instead of sampling.
         group_size: consecutive sub-envs share a prompt (k samples per prompt for RLOO, best-of-n).
         prompts: one prompt per group instead of the env's own draws.
@@ -328,7 +318,7 @@ def rollout(
         if model is None:
             logits = torch.zeros(len(live), vocab, device=device)  # (b, V)
             continue
-        # Feed only the new token of each live row (PPO_NOTES #6: positions continue from the prompt's).
+        # Feed only the new token of each live row (docs/ppo_details.md #6: positions continue from the prompt's).
         attention[:, prompt_len + t] = 1
         with autocast(device):
             out = model(input_ids=token[live, None], attention_mask=attention[:, : prompt_len + t + 1],
@@ -356,118 +346,6 @@ def rollout(
     )
 
 
-@dataclass
-class PackedSequences:
-    """Prompt + response sequences packed end to end into a few rows: one forward pass without padding.
-
-    A padded batch (prompts left-padded to the longest, responses right-padded to the longest)
-    computed about twice the real tokens on the default task (prompts of 3..32 tokens, responses
-    of 1..32). Packed, a row holds whole sequences one after another and ``position_ids`` restart
-    at 0 for each; given no ``attention_mask``, transformers detects the restarts and masks
-    attention between the sequences of a row (its packed-sequence format). Log-probs equal the
-    padded pass's up to float rounding (tests/test_rollout.py).
-    """
-
-    input_ids: torch.Tensor
-    """(R, W) tokens; the free slots at the end of a row repeat its first token (nothing real attends to them)."""
-    position_ids: torch.Tensor
-    """(R, W) each token's position within its own sequence."""
-    states: torch.Tensor
-    """(N,) flat index into the (R * W) slots of the position that predicts each real response token."""
-    mask: torch.Tensor
-    """(b, T) bool real response tokens: :meth:`unpack` puts the N per-token values back in this shape."""
-
-    def inputs(self) -> dict[str, torch.Tensor]:
-        """Keyword arguments of the model's forward pass."""
-        return {"input_ids": self.input_ids, "position_ids": self.position_ids}
-
-    def select(self, x: torch.Tensor) -> torch.Tensor:
-        """(R, W, ...) per-slot outputs -> (N, ...) at the states that predict the response tokens."""
-        return x.flatten(0, 1)[self.states]
-
-    def unpack(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, ...) per-token values -> (b, T, ...), 0 on padding."""
-        return x.new_zeros((*self.mask.shape, *x.shape[1:])).index_put((self.mask,), x)
-
-
-def pack_sequences(batch: RolloutBatch, index: torch.Tensor | None = None) -> PackedSequences:
-    """Pack prompt + response of (the ``index`` rows of) ``batch``, rows as wide as the longest sequence."""
-    rows = slice(None) if index is None else index
-    prompt_ids, prompt_lengths = batch.prompt_ids[rows], batch.prompt_mask[rows].sum(1)  # (b, P), (b,)
-    response_ids, mask = batch.response_ids[rows], batch.response_mask[rows].bool()  # (b, T)
-    device, (n, width_p), n_resp = prompt_ids.device, prompt_ids.shape, response_ids.shape[1]
-    lengths = prompt_lengths + mask.sum(1)  # (b,)
-    sizes = lengths.tolist()
-    width = max(sizes)
-    # First-fit decreasing: longest sequence first, each into the first row with room for it.
-    room: list[int] = []  # free slots left in each row
-    start = [0] * n  # flat slot of each sequence's first token
-    for i in sorted(range(n), key=sizes.__getitem__, reverse=True):
-        row = next((r for r, free in enumerate(room) if free >= sizes[i]), len(room))
-        if row == len(room):
-            room.append(width)
-        start[i] = row * width + width - room[row]
-        room[row] -= sizes[i]
-    first = torch.tensor(start, device=device)  # (b,)
-    cols = torch.arange(width, device=device)  # (W,)
-    # Sequence i is the prompt's real tokens then the response: prompt + response from column P - p_i on.
-    source = ((width_p - prompt_lengths)[:, None] + cols).clamp(max=width_p + n_resp - 1)  # (b, W)
-    tokens = torch.cat([prompt_ids, response_ids], 1).gather(1, source)  # (b, W)
-    real = cols < lengths[:, None]  # (b, W)
-    slots = (first[:, None] + cols)[real]  # (sum of lengths,) flat destination of every real token
-    input_ids = torch.zeros(len(room) * width, dtype=torch.long, device=device).index_put((slots,), tokens[real])
-    filled = torch.zeros(len(room) * width, dtype=torch.bool, device=device).index_put((slots,), torch.tensor(True))
-    position_ids = cols.repeat(len(room)).index_put((slots,), cols.expand(n, width)[real])  # (R * W,)
-    input_ids = input_ids.view(len(room), width)  # (R, W)
-    # Not the pad id in free slots: models that see it with no attention_mask warn about padding.
-    input_ids = torch.where(filled.view_as(input_ids), input_ids, input_ids[:, :1])
-    # Response token t of sequence i is predicted at the sequence's position p_i - 1 + t.
-    states = (first + prompt_lengths - 1)[:, None] + torch.arange(n_resp, device=device)  # (b, T)
-    return PackedSequences(input_ids=input_ids, position_ids=position_ids.view_as(input_ids),
-                           states=states[mask], mask=mask)
-
-
-def response_logprobs(
-    model: Any,
-    batch: RolloutBatch,
-    temperature: float,
-    vocab_size: int,
-    output_hidden: bool = False,
-    index: torch.Tensor | None = None,
-) -> ResponseOutput:
-    """Log-probs of each response token in one forward pass over the packed prompt + response sequences.
-
-    Runs under the caller's grad mode: wrap in ``torch.no_grad()`` for reference
-    log-probs. ``index`` selects a minibatch of rows. With ``output_hidden``, also the
-    last hidden states that predict each token (what a shared value head reads).
-    ``model`` is a transformers causal LM (``get_output_embeddings()``) whose attention keeps the
-    packed sequences of a row apart: sdpa (the default), eager or flex attention.
-    """
-    attention = getattr(getattr(model, "config", None), "_attn_implementation", None) or ""
-    if attention.startswith("flash"):
-        raise ValueError(
-            f"the model uses {attention}, which keeps packed sequences apart only in a batch of one row; "
-            "load it with attn_implementation='sdpa'."
-        )
-    rows = slice(None) if index is None else index
-    packed = pack_sequences(batch, index)
-    # The output layer needs only the N states that predict response tokens, not all R * W slots
-    # (a third of the slots hold prompts): a pre-hook hands it just those, and any logit
-    # post-processing of the model (softcapping, scaling) still applies to them.
-    hook = model.get_output_embeddings().register_forward_pre_hook(lambda _, args: (packed.select(args[0])[None],))
-    try:
-        with autocast(packed.input_ids.device):
-            out = model(**packed.inputs(), use_cache=False, output_hidden_states=output_hidden)
-    finally:
-        hook.remove()
-    allowed = None if batch.action_masks is None else batch.action_masks[rows][packed.mask]  # (N, V)
-    logp_all = next_token_logprobs(out.logits[0], temperature, vocab_size, allowed)  # (N, V)
-    tokens = batch.response_ids[rows][packed.mask]  # (N,)
-    logp = packed.unpack(logp_all.gather(-1, tokens[:, None]).squeeze(-1))  # (b, T)
-    hidden = packed.unpack(packed.select(out.hidden_states[-1])) if output_hidden else None  # (b, T, H)
-    return ResponseOutput(logprobs=logp, hidden=hidden)
-
-
 @torch.no_grad()
 def sample_next_token(
     model: Any,
@@ -482,7 +360,9 @@ def sample_next_token(
     """The next token for one observation ``(W,)`` or a batch ``(N, W)``: the generic ``predict`` path.
 
     Runs the model over the whole window (no cache): simple and stateless, for the
-    Gymnasium/SB3 surface; training rollouts use :func:`rollout` instead.
+    Gymnasium/SB3 surface; training rollouts use :func:`rollout` instead. The logits are the
+    observation contract's (:func:`text_env.observation.next_token_logits`); ``action_masks``
+    (bool ``(V,)`` or ``(N, V)``, e.g. the env's ``action_masks()``) gives disallowed tokens probability 0.
     """
     ids, mask = np.asarray(obs["input_ids"]), np.asarray(obs["attention_mask"])
     single = ids.ndim == 1
@@ -494,16 +374,20 @@ def sample_next_token(
             "(W,) or (N, W)."
         )
     device = next(model.parameters()).device
-    keep = int(mask.sum(1).max())  # right-aligned: drop all-padding columns on the left
-    ids_t = torch.as_tensor(ids[:, -keep:], dtype=torch.long, device=device)  # (N, L)
-    mask_t = torch.as_tensor(mask[:, -keep:], dtype=torch.long, device=device)  # (N, L)
-    with autocast(device):
-        logits = model(input_ids=ids_t, attention_mask=mask_t, position_ids=_positions(mask_t),
-                       use_cache=False, logits_to_keep=1).logits[:, -1]  # (N, V)
     allowed = None
     if action_masks is not None:
-        allowed = torch.as_tensor(np.asarray(action_masks, dtype=bool).reshape(len(ids), -1), device=device)
+        allowed = torch.as_tensor(np.asarray(action_masks, dtype=bool).reshape(len(ids), -1), device=device)  # (N, V)
+    with autocast(device):
+        logits, _ = next_token_logits(
+            model,
+            torch.as_tensor(ids, dtype=torch.long, device=device),  # (N, W)
+            torch.as_tensor(mask, dtype=torch.long, device=device),  # (N, W)
+            vocab_size,
+            temperature=temperature,
+            action_mask=allowed,
+            use_cache=False,
+            logits_to_keep=1,
+        )  # (N, V)
     uniform = torch.rand(len(ids), generator=generator, device=device, dtype=torch.float64)  # (N,)
-    action = _pick(next_token_logprobs(logits, temperature, vocab_size, allowed), deterministic, uniform)
-    action = action.cpu().numpy()  # (N,)
+    action = _pick(logits.log_softmax(-1), deterministic, uniform).cpu().numpy()  # (N,)
     return action[0] if single else action

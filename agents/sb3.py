@@ -4,7 +4,8 @@ The policy reads the ``Dict(input_ids, attention_mask)`` observation (right-alig
 the newest token is at index -1), runs the LM once, and returns
 
 * the action distribution: Categorical over the LM's next-token logits at index -1,
-  sliced to the action space when the model's vocabulary is larger than the tokenizer's;
+  sliced to the action space when the model's vocabulary is larger than the tokenizer's
+  (:func:`text_env.observation.next_token_logits`, shared with the KL wrapper and ``predict``);
 * the value: a linear head (zero-initialised, as in Ziegler et al. 2019) on the LM's
   last hidden state at index -1, sharing the LM backbone.
 
@@ -36,6 +37,7 @@ from gymnasium import spaces
 from torch import nn
 
 from agents.lm import load_causal_lm
+from text_env.observation import next_token_logits
 
 try:
     from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
@@ -143,23 +145,17 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
 
     def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
         """``(B, A + H)`` features for a batch of observations."""
-        ids = observations["input_ids"].long()  # (B, W); SB3 hands Box observations over as float32
-        mask = observations["attention_mask"].long()  # (B, W)
-        # Right-aligned windows: columns left of the longest sequence are padding in every row.
-        keep = max(int(mask.sum(1).max()), 1)
-        ids, mask = ids[:, -keep:], mask[:, -keep:]  # (B, T)
-        positions = (mask.cumsum(1) - 1).clamp(min=0)  # (B, T) left padding does not shift positions
-        out = self.lm(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
+        logits, out = next_token_logits(  # (B, A) at the last position; left padding trimmed
+            self.lm,
+            observations["input_ids"].long(),  # (B, W); SB3 hands Box observations over as float32
+            observations["attention_mask"].long(),  # (B, W)
+            self.n_actions,
             output_hidden_states=True,
             use_cache=False,
             **self._last_logits_only,
         )
-        logits = out.logits[:, -1, : self.n_actions]  # (B, A) model vocabulary sliced to the action space
         hidden = out.hidden_states[-1][:, -1]  # (B, H)
-        return torch.cat([logits.float(), hidden.float()], dim=1)  # (B, A + H)
+        return torch.cat([logits, hidden.float()], dim=1)  # (B, A + H)
 
 
 class _SplitFeatures(nn.Module):
@@ -269,6 +265,6 @@ class KLPenaltyCallback(BaseCallback):
         self.beta = float(beta)
 
     def _on_step(self) -> bool:
-        rewards = self.locals["rewards"]  # (n_envs,) about to enter the rollout buffer
-        rewards -= self.beta * self.locals["log_probs"].cpu().numpy()  # (n_envs,)
+        rewards = self.locals["rewards"]  # (num_envs,) about to enter the rollout buffer
+        rewards -= self.beta * self.locals["log_probs"].cpu().numpy()  # (num_envs,)
         return True

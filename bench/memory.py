@@ -59,7 +59,7 @@ def run_one(mode: str, folder: str) -> None:
 
     task = default_task(model=folder, prompts=PROMPTS, max_new_tokens=16, max_prompt_tokens=16,
                         reward_model=FunctionRewardModel(lambda p, r: float(len(r.split()))))
-    config = PPOKLConfig(batch_size=4, num_minibatches=1, ppo_epochs=1, checkpoint_every=0,
+    config = PPOKLConfig(batch_size=4, num_mini_batches=1, num_ppo_epochs=1, save_steps=0,
                          log_dir=tempfile.mkdtemp(prefix="memory-bench-"),
                          lora=None if mode == "full" else LoraSettings())
     agent = PPOKL(task, policy=folder, config=config, reference=folder if mode == "lora+copy" else None)

@@ -109,8 +109,8 @@ def sb3_seconds_per_kilotoken(model: torch.nn.Module, task: Task) -> tuple[float
 
 def ppokl_seconds_per_kilotoken(model: torch.nn.Module, task: Task) -> float:
     with tempfile.TemporaryDirectory() as log_dir:
-        config = PPOKLConfig(batch_size=BATCH, num_minibatches=MINIBATCHES, ppo_epochs=EPOCHS, learning_rate=LR,
-                             init_kl_coef=BETA, kl_target=None, checkpoint_every=0, log_dir=log_dir, device="cpu")
+        config = PPOKLConfig(batch_size=BATCH, num_mini_batches=MINIBATCHES, num_ppo_epochs=EPOCHS, learning_rate=LR,
+                             beta=BETA, kl_target=None, save_steps=0, log_dir=log_dir, device="cpu")
         agent = PPOKL(task, policy=copy.deepcopy(model), config=config)
         agent.learn(ITERATION, progress_bar=False)  # warm-up
         start = time.perf_counter()

@@ -68,8 +68,8 @@ def build(batch_size: int, log_dir: Path) -> PPOKL:
     policy = GPT2LMHeadModel(GPT2Config(vocab_size=task.vocab_size, n_positions=16, n_embd=32, n_layer=2, n_head=2,
                                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                                         pad_token_id=tok.pad_token_id)).eval()
-    config = PPOKLConfig(batch_size=batch_size, num_minibatches=2, ppo_epochs=2, learning_rate=3e-4,
-                         checkpoint_every=20, log_dir=str(log_dir), init_kl_coef=0.05, kl_target=None)
+    config = PPOKLConfig(batch_size=batch_size, num_mini_batches=2, num_ppo_epochs=2, learning_rate=3e-4,
+                         save_steps=20, log_dir=str(log_dir), beta=0.05, kl_target=None)
     return PPOKL(env, policy, config)
 
 

@@ -127,13 +127,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     runs: dict[str, Callable[[], tuple[Any, Timings]]] = {}
     runs["TRL RLOOTrainer"] = lambda: trl_rloo(task, prompts, args.steps, args.warmup, args.lr, args.seed)
     with tempfile.TemporaryDirectory() as logs:
-        common = dict(batch_size=EPISODES, learning_rate=args.lr, anneal_lr=False, seed=args.seed, checkpoint_every=0,
+        common = dict(batch_size=EPISODES, learning_rate=args.lr, anneal_lr=False, seed=args.seed, save_steps=0,
                       device="cpu")
         runs["agents.RLOO"] = lambda: ours(
-            RLOO(task, copy.deepcopy(reference), RLOOConfig(rloo_k=K, kl_coef=BETA, log_dir=f"{logs}/rloo", **common)),
+            RLOO(task, copy.deepcopy(reference),
+                 RLOOConfig(num_generations=K, beta=BETA, log_dir=f"{logs}/rloo", **common)),
             args.steps, args.warmup)
         runs["agents.PPOKL (4 epochs)"] = lambda: ours(
-            PPOKL(task, copy.deepcopy(reference), PPOKLConfig(init_kl_coef=BETA, num_minibatches=4,
+            PPOKL(task, copy.deepcopy(reference), PPOKLConfig(beta=BETA, num_mini_batches=4,
                                                                log_dir=f"{logs}/ppo", **common)),
             args.steps, args.warmup)
         results = {}

@@ -49,15 +49,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     results = {}
     with tempfile.TemporaryDirectory() as logs:
         def config(cls: type[AgentConfig], name: str, **kw: object) -> AgentConfig:
-            return cls(batch_size=args.batch_size, seed=args.seed, log_dir=f"{logs}/{name}", checkpoint_every=0, **kw)
+            return cls(batch_size=args.batch_size, seed=args.seed, log_dir=f"{logs}/{name}", save_steps=0, **kw)
 
         agents = {
             "random tokens": RandomAgent(task, config(AgentConfig, "random")),
             "SFT policy": ReferenceAgent(task, config=config(AgentConfig, "sft")),
-            "best-of-4": BestOfN(task, config=config(BestOfNConfig, "bon", n=4)),
-            "RLOO": RLOO(task, config=config(RLOOConfig, "rloo", learning_rate=1e-3, kl_coef=0.05)),
-            "PPOKL": PPOKL(task, config=config(PPOKLConfig, "ppo", learning_rate=3e-4, init_kl_coef=0.05,
-                                                num_minibatches=4)),
+            "best-of-4": BestOfN(task, config=config(BestOfNConfig, "bon", num_generations=4)),
+            "RLOO": RLOO(task, config=config(RLOOConfig, "rloo", learning_rate=1e-3, beta=0.05)),
+            "PPOKL": PPOKL(task, config=config(PPOKLConfig, "ppo", learning_rate=3e-4, beta=0.05,
+                                                num_mini_batches=4)),
         }
         for name, agent in agents.items():
             torch.manual_seed(args.seed)

@@ -4,7 +4,7 @@ Run: .venv/bin/python examples/human_feedback.py --out runs/hf              # yo
      .venv/bin/python examples/human_feedback.py --out runs/hf --simulate   # a simulated labeler ranks; ~2 minutes
      .venv/bin/python examples/human_feedback.py --out runs/hf --simulate --n-prompts 8 --timesteps 256  # tiny
 
-1. collect: K = 4 responses of the SFT policy to each of N prompts (``rlhf-gym collect``);
+1. collect: 4 responses of the SFT policy to each of N prompts (``rlhf-gym collect``);
 2. label: the labeling page serves them (open the printed URL and rank each item; the
    script goes on when every item has a label, or on Ctrl-C), then exports the rankings;
    with ``--simulate`` a noisy simulated labeler ranks them instead;
@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     parser.add_argument("--out", default="runs/human_feedback", help="folder for every file (default %(default)s)")
     parser.add_argument("--simulate", action="store_true", help="rank with a simulated labeler instead of you")
     parser.add_argument("--n-prompts", type=int, default=200, help="prompts to sample for labeling (default 200)")
-    parser.add_argument("--k", type=int, default=4, help="responses per prompt (default 4)")
+    parser.add_argument("--num-generations", type=int, default=4, help="responses per prompt (default 4)")
     parser.add_argument("--timesteps", type=int, default=8192, help="PPOKL budget in generated tokens (default 8192)")
     parser.add_argument("--port", type=int, default=8000, help="labeling page port; 0 picks a free one")
     parser.add_argument("--seed", type=int, default=0)
@@ -68,9 +68,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    # 1. Sample K responses per prompt from the SFT policy.
+    # 1. Sample responses per prompt from the SFT policy.
     collection, prefs = out / "collection.jsonl", out / "preferences.jsonl"
-    collect(CollectConfig(out=str(collection), k=args.k, n_prompts=args.n_prompts, seed=args.seed))
+    collect(CollectConfig(out=str(collection), num_generations=args.num_generations, n_prompts=args.n_prompts,
+                          seed=args.seed))
 
     # 2. Rank them: you in the browser, or a simulated labeler (gold scorer + Bradley-Terry noise).
     if args.simulate:
@@ -82,15 +83,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     # 3. A Bradley-Terry reward model from the SFT policy's backbone; 20% of the rankings held out.
     result = train_reward_model(RewardTrainConfig(
         model=str(default_policy_path()), data=str(prefs), out=str(out / "reward_model"), val_fraction=0.2,
-        reference_data=str(collection), lr=3e-4, seed=args.seed, resume=False,
+        reference_data=str(collection), learning_rate=3e-4, seed=args.seed, resume=False,
     ))
     accuracy = result.val.accuracy if result.val else float("nan")
     print(f"reward model: {result.steps} steps, held-out pairwise accuracy {accuracy:.3f}")
 
     # 4. PPOKL against the new reward model; the gold score tells whether it learned what you meant.
     task = default_task(reward_model=HFRewardModel(result.out))
-    agent = PPOKL(task, config=PPOKLConfig(batch_size=64, num_minibatches=4, learning_rate=3e-4, init_kl_coef=0.05,
-                                           seed=args.seed, log_dir=str(out / "ppo_kl"), checkpoint_every=0))
+    agent = PPOKL(task, config=PPOKLConfig(batch_size=64, num_mini_batches=4, learning_rate=3e-4, beta=0.05,
+                                           seed=args.seed, log_dir=str(out / "ppo_kl"), save_steps=0))
     agent.learn(args.timesteps)
     agent.save(out / "ppo_kl" / "model")
     first, last = _first_last(out / "ppo_kl" / "progress.csv")

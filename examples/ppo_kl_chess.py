@@ -40,11 +40,14 @@ from text_env.chess import (
     CRITIC_META_FILE,
     EVAL_POSITIONS,
     LEARNED_CRITIC,
+    MoveGrades,
     StockfishCritic,
     chess_task,
+    critic_agreement,
+    grade_moves,
     load_positions,
+    play_moves,
 )
-from text_env.chess_eval import MoveGrades, critic_agreement, grade_moves, play_moves
 
 CRITICS = ("learned", "stockfish")
 
@@ -53,15 +56,15 @@ def ppo_config(args: argparse.Namespace, critic: str, log_dir: str) -> PPOKLConf
     """The PPOKL settings of one run (tuned on this task: see the README's ChessMoveCritic-v0 section)."""
     return PPOKLConfig(
         batch_size=args.batch_size,
-        learning_rate=args.lr,  # a 4x128 model trained from scratch takes larger steps than a pretrained one
+        learning_rate=args.learning_rate,  # a 4x128 model trained from scratch takes larger steps than a pretrained one
         # Beta weighs KL against score differences. The learned critic's calibration (a least-squares
         # fit of a noisy predictor) shrinks them: within a position its scores spread ~9x less
         # than Stockfish's (s.d. 0.023 vs 0.21), so it gets a ~10x smaller beta.
-        init_kl_coef=args.beta_learned if critic == "learned" else args.beta_stockfish,
-        num_minibatches=4,
+        beta=args.beta_learned if critic == "learned" else args.beta_stockfish,
+        num_mini_batches=4,
         seed=args.seed,
         log_dir=log_dir,
-        checkpoint_every=0,
+        save_steps=0,
     )
 
 
@@ -78,12 +81,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, MoveGrades]:
     parser.add_argument("--positions", type=int, default=500, help="held-out positions graded (default: all 500)")
     parser.add_argument("--depth", type=int, default=8, help="Stockfish depth of the critic and the grader (default 8)")
     parser.add_argument("--batch-size", type=int, default=64, help="episodes per PPOKL iteration (default 64)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="PPOKL learning rate (default 1e-3)")
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="PPOKL learning rate (default 1e-3)")
     parser.add_argument("--beta-learned", type=float, default=0.002,
                         help="KL coefficient against the learned critic (default 0.002)")
     parser.add_argument("--beta-stockfish", type=float, default=0.02,
                         help="KL coefficient against the Stockfish critic (default 0.02)")
-    parser.add_argument("--n", type=int, default=4, help="samples per position for best-of-n (default 4)")
+    parser.add_argument("--num-generations", type=int, default=4, help="samples per position for best-of-n (default 4)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -94,14 +97,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, MoveGrades]:
     agents, notes = {}, {}
     with tempfile.TemporaryDirectory() as logs:
         def config(cls: type[AgentConfig], name: str, **kw: object) -> AgentConfig:
-            return cls(seed=args.seed, log_dir=f"{logs}/{name}", checkpoint_every=0, **kw)
+            return cls(seed=args.seed, log_dir=f"{logs}/{name}", save_steps=0, **kw)
 
         # Only played, not trained: batch_size is merely the size of their (unused) rollout env.
         agents["random (masked characters)"] = RandomAgent(tasks["learned"], config(AgentConfig, "rnd", batch_size=1))
         agents["SFT policy"] = ReferenceAgent(tasks["learned"], CHESS_POLICY, config(AgentConfig, "sft", batch_size=1))
         for name in CRITICS:
-            agents[f"best-of-{args.n}, {name} critic"] = BestOfN(
-                tasks[name], CHESS_POLICY, config(BestOfNConfig, f"bon_{name}", batch_size=args.n, n=args.n))
+            n = args.num_generations
+            agents[f"best-of-{n}, {name} critic"] = BestOfN(
+                tasks[name], CHESS_POLICY, config(BestOfNConfig, f"bon_{name}", batch_size=n, num_generations=n))
         for name in CRITICS:
             torch.manual_seed(args.seed)
             agent = PPOKL(tasks[name], CHESS_POLICY, ppo_config(args, name, f"{logs}/ppo_{name}"))

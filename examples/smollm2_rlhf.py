@@ -124,16 +124,17 @@ def run(out: Path, budget: Budget = FULL, seed: int = 0, learning_rate: float = 
     data = collect_preferences(policy_dir, budget, out, seed)
     # 4 epochs over ~30 rankings: more than InstructGPT's 1 because the data set is tiny (val accuracy ~0.7).
     rm = train_reward_model(RewardTrainConfig(model=str(minilm_path()), data=str(data), out=str(out / "reward_model"),
-                                              val_fraction=0.25, epochs=4, batch_size=4, lr=3e-4,
-                                              eval_every=0, save_every=0, seed=seed, progress=False))
+                                              val_fraction=0.25, num_train_epochs=4, batch_size=4,
+                                              learning_rate=3e-4, eval_steps=0, save_steps=0, seed=seed,
+                                              progress=False))
     print(f"reward model: validation pairwise accuracy {rm.val.accuracy:.2f} "
           f"({time.perf_counter() - started:.0f} s so far)")
 
     # 2. RL with LoRA against the reward model.
     task = make_task(policy_dir, [chat_prompt(t) for t in TOPICS[: budget.train_topics]],
                      HFRewardModel(out / "reward_model"), UpbeatGoldScorer())
-    config = PPOKLConfig(batch_size=budget.batch_size, num_minibatches=2, ppo_epochs=2, learning_rate=learning_rate,
-                         init_kl_coef=0.05, kl_target=None, checkpoint_every=0, seed=seed,
+    config = PPOKLConfig(batch_size=budget.batch_size, num_mini_batches=2, num_ppo_epochs=2,
+                         learning_rate=learning_rate, beta=0.05, kl_target=None, save_steps=0, seed=seed,
                          log_dir=str(out / "ppo"), lora=LoraSettings(r=16, alpha=32))
     agent = PPOKL(task, policy=policy_dir, config=config)
     before = evaluate(agent, policy_dir, budget, seed=10_000 + seed)

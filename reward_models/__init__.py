@@ -29,12 +29,12 @@ from reward_models.simulated import SimulatedLabeler, agreement, label_jsonl
 _LAZY = {
     "HFRewardModel": "reward_models.hf_model",
     "encode_for_reward": "reward_models.hf_model",
+    "load_reward_backbone": "reward_models.hf_model",
     "sequence_scores": "reward_models.hf_model",
-    "Normalisation": "reward_models.train",
-    "RewardTrainConfig": "reward_models.train",
-    "RewardTrainResult": "reward_models.train",
-    "load_reward_backbone": "reward_models.train",
-    "normalise_scores": "reward_models.train",
+    "Normalization": "reward_models.normalize",
+    "normalize_scores": "reward_models.normalize",
+    "RewardTrainConfig": "reward_models.train_config",
+    "RewardTrainResult": "reward_models.train_config",
     "ranking_loss": "reward_models.train",
     "train_reward_model": "reward_models.train",
 }

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ import torch
 
 from reward_models.hf import load_tokenizer, refuse_pickled_code, resolve_device
 
-NORMALISATION_FILE = "reward_normalisation.json"
+NORMALIZATION_FILE = "reward_normalization.json"
 """Written next to a trained model: the reference-set shift and scale, and any offset left to apply."""
 
 
@@ -99,12 +100,55 @@ def model_max_length(model: Any, tokenizer: Any) -> int | None:
     return int(limit) if limit and limit < 1_000_000 else None
 
 
+def score_head(model: torch.nn.Module) -> tuple[str, torch.nn.Linear]:
+    """The final ``nn.Linear`` producing the single score (``score`` in GPT-2, ``classifier`` in BERT)."""
+    heads = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m.out_features == 1]
+    if not heads:
+        raise ValueError(f"{type(model).__name__} has no linear layer with one output to act as the score head.")
+    return heads[-1]
+
+
+def load_reward_backbone(name_or_path: str, seed: int = 0, trust_remote_code: bool = False) -> Any:
+    """``AutoModelForSequenceClassification(num_labels=1)`` from any Hugging Face folder or name.
+
+    A head absent from the checkpoint (a causal LM or an encoder) or of another shape
+    (a classifier with more labels) is initialised N(0, 1/sqrt(d + 1)), bias 0, with ``seed``.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(seed)
+    try:
+        with refuse_pickled_code(name_or_path):
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                name_or_path,
+                num_labels=1,
+                dtype=torch.float32,
+                weights_only=True,
+                trust_remote_code=trust_remote_code,
+                ignore_mismatched_sizes=True,
+                output_loading_info=True,
+            )
+    except OSError as e:
+        raise OSError(
+            f"--model {name_or_path!r}: could not load it: {e}\n"
+            "Pass a local Hugging Face folder (config.json + weights), or a hub name on a machine that is online."
+        ) from e
+    name, head = score_head(model)
+    mismatched = {m[0] if isinstance(m, tuple) else m for m in info["mismatched_keys"]}  # (key, shapes) or key
+    if any(k.startswith(name + ".") for k in info["missing_keys"] | mismatched):
+        with torch.no_grad():
+            head.weight.normal_(0.0, 1.0 / math.sqrt(head.in_features + 1))
+            if head.bias is not None:
+                head.bias.zero_()
+    return model
+
+
 class HFRewardModel:
     """A saved ``AutoModelForSequenceClassification`` (one label) as a :class:`RewardModel`.
 
     Loads models trained here or by TRL's ``RewardTrainer``; scores ``prompt + response``
     in batches (shortest padding: sequences sorted by length), in eval mode, without
-    gradients. A ``reward_normalisation.json`` beside the weights supplies any offset that
+    gradients. A ``reward_normalization.json`` beside the weights supplies any offset that
     could not be folded into them.
 
     Args:
@@ -147,7 +191,7 @@ class HFRewardModel:
                 f"{path} ...` and load its --out folder."
             )
         tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
-        norm_file = Path(path) / NORMALISATION_FILE
+        norm_file = Path(path) / NORMALIZATION_FILE
         offset = json.loads(norm_file.read_text()).get("output_offset", 0.0) if norm_file.is_file() else 0.0
         self._setup(model.to(resolve_device(device)), tokenizer, batch_size, max_length, offset)
         self.path = str(path)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -32,7 +31,7 @@ from reward_models.preferences import (
     load_collection,
     save_preferences,
 )
-from rlhf_common.config_cli import add_config_args, config_from_args
+from rlhf_common.config_cli import add_config_args, config_from_args, run_command
 from rlhf_common.io import DataError
 
 
@@ -168,10 +167,9 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--pairs", action="store_true", help="write chosen/rejected pairs instead of rankings")
     add_config_args(p, SimulatedLabeler, exclude=("gold",))
     args = p.parse_args(argv)
-    try:
+
+    def main() -> None:
         n = label_jsonl(config_from_args(SimulatedLabeler, args), args.data, args.out, pairs=args.pairs)
-    except (DataError, ValueError) as e:
-        print(f"rlhf-gym simulate-labels: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {n} preference rows to {args.out}")
-    return 0
+        print(f"wrote {n} preference rows to {args.out}")
+
+    return run_command("rlhf-gym simulate-labels", main)

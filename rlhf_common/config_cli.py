@@ -23,7 +23,15 @@ T = TypeVar("T")
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """The attribute docstrings of a dataclass (the string literal under each field)."""
+    """The attribute docstrings of a dataclass (the string literal under each field), inherited ones too."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):  # a subclass's docstring of a field replaces its base's
+        if dataclasses.is_dataclass(klass):
+            docs.update(_own_field_docs(klass))
+    return docs
+
+
+def _own_field_docs(cls: type) -> dict[str, str]:
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     body = tree.body[0].body  # type: ignore[attr-defined]
     docs = {}
@@ -70,6 +78,32 @@ def config_from_args(cls: type[T], args: argparse.Namespace, **extra: Any) -> T:
     names = {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     values = {k: v for k, v in vars(args).items() if k in names}
     return cls(**values, **extra)
+
+
+def parse_field(cls: type, name: str, text: str, where: str) -> Any:
+    """``text`` as a value of dataclass ``cls``'s field ``name``, typed as its ``--flag`` would be.
+
+    Also for settings given as ``key=value`` text (``--agent-settings rloo.learning_rate=3e-4``):
+    bools are ``true``/``false``, optional fields take ``none``. ``where`` starts the error message.
+    """
+    hint = typing.get_type_hints(cls)[name]
+    if text.lower() == "none" and type(None) in typing.get_args(hint):
+        return None
+    try:
+        kind, choices = _scalar_type(hint, cls, name)
+    except TypeError as e:
+        raise ValueError(f"{where}: {e}") from None
+    if kind is bool:
+        if text.lower() not in ("true", "false"):
+            raise ValueError(f"{where}: {name} is true or false.")
+        return text.lower() == "true"
+    try:
+        value = kind(text)
+    except (ValueError, argparse.ArgumentTypeError) as e:
+        raise ValueError(f"{where}: {name} must be a {getattr(kind, '__name__', 'valid value')} ({e}).") from None
+    if choices is not None and value not in choices:
+        raise ValueError(f"{where}: {name} must be one of {', '.join(map(str, choices))}.")
+    return value
 
 
 def _scalar_type(hint: Any, cls: type, name: str) -> tuple[Any, list[Any] | None]:

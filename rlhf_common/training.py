@@ -80,11 +80,13 @@ class RunLogger:
     after it (by the killed run) are dropped from the CSV and purged from TensorBoard, so
     curves have no duplicated steps; without it a fresh run replaces an old table.
     ``tensorboard``: True needs the ``tensorboard`` package, None uses it when installed,
-    False writes the CSV only. Values are numbers or short strings (strings skip TensorBoard).
+    False writes the CSV only; ``tb_dir`` is the TensorBoard folder (default ``log_dir``). Values
+    are numbers or short strings (strings skip TensorBoard).
     """
 
     def __init__(self, log_dir: str | os.PathLike[str], resume_step: int | None = None,
-                 filename: str = "progress.csv", tensorboard: bool | None = None, tb_prefix: str = "") -> None:
+                 filename: str = "progress.csv", tensorboard: bool | None = None, tb_prefix: str = "",
+                 tb_dir: str | os.PathLike[str] | None = None) -> None:
         self.log_dir = Path(log_dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.csv_path = self.log_dir / filename
@@ -99,7 +101,8 @@ class RunLogger:
             self._rewrite()
         elif self.csv_path.exists():
             self.csv_path.unlink()
-        self.writer = None if tensorboard is False else _summary_writer(self.log_dir, resume_step, tensorboard)
+        tb_folder = self.log_dir if tb_dir is None else Path(tb_dir)
+        self.writer = None if tensorboard is False else _summary_writer(tb_folder, resume_step, tensorboard)
 
     def log(self, step: int, metrics: dict[str, float | str]) -> None:
         """Record one step's values under ``step``."""

@@ -11,14 +11,15 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module:function, one-line help)
-    "pipeline": ("rlhf_gym.pipeline:cli", "all four RLHF steps end to end, agents compared, a report (resumable)"),
-    "report": ("rlhf_gym.report:cli", "re-render report.md and the plots of a pipeline run"),
+    "pipeline": ("rlhf_gym.pipeline.run:cli", "all four RLHF steps end to end, agents compared, a report (resumable)"),
+    "report": ("rlhf_gym.pipeline.report:cli", "re-render report.md and the plots of a pipeline run"),
     "demo": ("rlhf_gym.demo:cli", "run a short episode loop on RLHFText-v0 and print texts and rewards"),
-    "build-defaults": ("rlhf_gym.build_defaults:cli", "rebuild the embedded default tokenizer, policy and prompts"),
+    "build-defaults": ("rlhf_gym.build.defaults:cli", "rebuild the embedded default tokenizer, policy and prompts"),
     "sft": ("agents.sft:cli", "RLHF step 1: supervised fine-tuning on JSONL demonstrations (resumable)"),
     "collect": ("rlhf_gym.collect:cli", "sample K responses per prompt from a policy, for labeling"),
-    "chess-positions": ("text_env.chess_positions:cli", "rebuild the chess position sets"),
-    "chess-critic": ("text_env.chess_critic:cli", "label moves with Stockfish and train the learned chess critic"),
+    "chess-positions": ("rlhf_gym.build.chess_positions:cli", "rebuild the chess position sets"),
+    "chess-critic": ("rlhf_gym.build.chess_critic:cli", "label moves with Stockfish, train the learned chess critic"),
+    "chess-policy": ("rlhf_gym.build.chess_policy:cli", "rebuild the default chess policy (SFT on weak-engine moves)"),
     "label": ("reward_models.labeling.cli:cli", "label responses in the browser; export; agreement"),
     "simulate-labels": ("reward_models.simulated:cli", "rank sampled responses with a simulated labeler"),
     "train-rm": ("reward_models.train:cli", "train a Bradley-Terry reward model on preference JSONL"),

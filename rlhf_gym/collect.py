@@ -1,12 +1,12 @@
-"""``rlhf-gym collect``: sample K responses per prompt from a policy, the input of labeling.
+"""``rlhf-gym collect``: sample N responses per prompt from a policy, the input of labeling.
 
-Writes one ``{"prompt": str, "responses": [K texts]}`` row per prompt (atomically), the
+Writes one ``{"prompt": str, "responses": [N texts]}`` row per prompt (atomically), the
 collection format that the labeling page (``rlhf-gym label serve --items``) and
 ``rlhf-gym simulate-labels`` read. Sampling goes through the env: a
-``TextGenerationVectorEnv`` with autoreset disabled, K consecutive sub-envs per prompt,
+``TextGenerationVectorEnv`` with autoreset disabled, N consecutive sub-envs per prompt,
 one KV-cached forward pass per token (``agents.rollout.rollout``).
 
-    rlhf-gym collect --k 4 --n-prompts 64 --out collection.jsonl
+    rlhf-gym collect --num-generations 4 --n-prompts 64 --out collection.jsonl
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,11 +24,11 @@ from tqdm.auto import tqdm
 
 from agents.rollout import RolloutBatch, rollout
 from reward_models import FunctionRewardModel
-from rlhf_common.config_cli import add_config_args, config_from_args
-from rlhf_common.io import DataError, write_jsonl_atomic
+from rlhf_common.config_cli import add_config_args, config_from_args, run_command
+from rlhf_common.io import write_jsonl_atomic
 from text_env import Task, TextGenerationVectorEnv
 
-__all__ = ["CollectConfig", "collect", "sample_groups", "unscored"]
+__all__ = ["CollectConfig", "collect", "response_groups", "sample_groups", "unscored"]
 
 
 @dataclass
@@ -41,12 +41,12 @@ class CollectConfig:
     """Causal-LM folder to sample from (its own tokenizer is used); default: the embedded default policy."""
     prompts: str | None = None
     """Prompt JSONL ({"prompt": str} per line); default: the embedded default prompts."""
-    k: int = 4
-    """Responses per prompt (the labeling page ranks K >= 2)."""
+    num_generations: int = 4
+    """Responses per prompt (the labeling page ranks 2 or more)."""
     n_prompts: int | None = None
     """Use the first N prompts of the file; default: all of them."""
     batch_size: int = 64
-    """Episodes sampled together (rounded down to a multiple of k)."""
+    """Episodes sampled together (rounded down to a multiple of num_generations)."""
     temperature: float = 1.0
     """Sampling temperature (1: the policy's own distribution)."""
     max_new_tokens: int = 32
@@ -59,8 +59,9 @@ class CollectConfig:
     """Show a progress bar."""
 
     def __post_init__(self) -> None:
-        if self.k < 1 or self.batch_size < self.k:
-            raise ValueError(f"--k {self.k} must be >= 1 and --batch-size {self.batch_size} >= k.")
+        if self.num_generations < 1 or self.batch_size < self.num_generations:
+            raise ValueError(f"--num-generations {self.num_generations} must be >= 1 and --batch-size "
+                             f"{self.batch_size} >= num-generations.")
         if self.n_prompts is not None and self.n_prompts < 1:
             raise ValueError(f"--n-prompts {self.n_prompts} must be >= 1 (or left out for all prompts).")
         if self.temperature <= 0:
@@ -76,7 +77,7 @@ def sample_groups(
     model: Any,
     task: Task,
     prompts: Sequence[str],
-    k: int,
+    num_generations: int,
     *,
     batch_size: int = 64,
     temperature: float = 1.0,
@@ -84,13 +85,15 @@ def sample_groups(
     progress: bool = True,
     desc: str = "sampling",
 ) -> Iterator[RolloutBatch]:
-    """Sample ``k`` responses to each prompt, ``batch_size // k`` prompts per rollout batch.
+    """Sample ``num_generations`` responses to each prompt, ``batch_size // num_generations`` prompts per batch.
 
     Yields one :class:`RolloutBatch` per chunk of prompts, rows in prompt order with the
-    ``k`` samples of a prompt consecutive. Deterministic given ``seed``.
+    ``num_generations`` samples of a prompt consecutive (:func:`response_groups` regroups
+    them). Deterministic given ``seed``.
     """
+    k = num_generations
     if k < 1 or batch_size < k:
-        raise ValueError(f"k={k} must be >= 1 and batch_size={batch_size} >= k.")
+        raise ValueError(f"num_generations={k} must be >= 1 and batch_size={batch_size} >= num_generations.")
     per_batch = batch_size // k
     device = next(model.parameters()).device if model is not None else torch.device("cpu")
     generator = torch.Generator(device).manual_seed(seed)
@@ -108,6 +111,20 @@ def sample_groups(
         env.close()
 
 
+def response_groups(infos: Sequence[Mapping[str, Any]], num_generations: int, **columns: str) -> list[dict[str, Any]]:
+    """One row per prompt from a :func:`sample_groups` batch's infos: ``{"prompt", "responses", **columns}``.
+
+    ``columns`` maps an output key to the info key listed per response, e.g.
+    ``gold="gold_score"`` adds each response's gold score as ``"gold"``.
+    """
+    rows = []
+    for g in range(0, len(infos), num_generations):
+        group = infos[g : g + num_generations]
+        rows.append({"prompt": group[0]["prompt"], "responses": [i["response"] for i in group],
+                     **{key: [i[info_key] for i in group] for key, info_key in columns.items()}})
+    return rows
+
+
 def collect(config: CollectConfig) -> list[dict[str, Any]]:
     """Sample as ``config`` says and write the collection JSONL; returns its rows."""
     from agents.lm import load_causal_lm
@@ -121,32 +138,29 @@ def collect(config: CollectConfig) -> list[dict[str, Any]]:
     with quiet_transformers():
         model = load_causal_lm(config.policy or default_policy_path(), device=config.device)
     rows = []
-    for batch in sample_groups(model, task, prompts, config.k, batch_size=config.batch_size,
+    for batch in sample_groups(model, task, prompts, config.num_generations, batch_size=config.batch_size,
                                temperature=config.temperature, seed=config.seed, progress=config.progress,
                                desc="collect"):
-        for g in range(0, len(batch.infos), config.k):
-            group = batch.infos[g : g + config.k]
-            rows.append({"prompt": group[0]["prompt"], "responses": [info["response"] for info in group]})
+        rows += response_groups(batch.infos, config.num_generations)
     write_jsonl_atomic(config.out, rows)
     return rows
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    """``rlhf-gym collect``: sample K responses per prompt into a collection JSONL."""
+    """``rlhf-gym collect``: sample N responses per prompt into a collection JSONL."""
     parser = argparse.ArgumentParser(
         prog="rlhf-gym collect",
-        description="Sample K responses per prompt from a policy, for the labeling page or simulate-labels.",
+        description="Sample N responses per prompt from a policy, for the labeling page or simulate-labels.",
     )
     add_config_args(parser, CollectConfig)
     args = parser.parse_args(argv)
-    try:
+
+    def main() -> None:
         config = config_from_args(CollectConfig, args)
         rows = collect(config)
-    except (DataError, ValueError, OSError) as e:
-        print(f"rlhf-gym collect: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {len(rows)} prompts x {config.k} responses to {os.fspath(config.out)}")
-    return 0
+        print(f"wrote {len(rows)} prompts x {config.num_generations} responses to {os.fspath(config.out)}")
+
+    return run_command("rlhf-gym collect", main)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 
 import text_env  # noqa: F401  (registers the environments)
+from rlhf_common.config_cli import run_command
 
 
 def cli(argv: list[str] | None = None) -> int:
@@ -23,6 +24,11 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=8, help="episodes in the batch (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seeds prompts and sampling (default: %(default)s)")
     args = parser.parse_args(argv)
+    return run_command("rlhf-gym demo", lambda: _demo(args.episodes, args.seed))
+
+
+def _demo(episodes: int, seed: int) -> None:
+    """Roll out one batch of ``episodes`` and print each response with its reward and gold score."""
     import torch
 
     from agents.lm import load_causal_lm
@@ -30,17 +36,16 @@ def cli(argv: list[str] | None = None) -> int:
     from rlhf_common.training import quiet_transformers
     from text_env.defaults import default_policy_path
 
-    env = gym.make_vec("RLHFText-v0", num_envs=args.episodes, vectorization_mode="vector_entry_point",
+    env = gym.make_vec("RLHFText-v0", num_envs=episodes, vectorization_mode="vector_entry_point",
                        autoreset_mode=AutoresetMode.DISABLED)
     with quiet_transformers():
         policy = load_causal_lm(default_policy_path())
-    batch = rollout(policy, env, seed=args.seed, generator=torch.Generator().manual_seed(args.seed))
+    batch = rollout(policy, env, seed=seed, generator=torch.Generator().manual_seed(seed))
     for info, reward in zip(batch.infos, batch.rewards, strict=True):
         print(f"{info['prompt']!r} -> {info['response']!r}\n    reward {reward:+.3f}  gold {info['gold_score']:+.3f}")
     gold = np.mean([i["gold_score"] for i in batch.infos])
     print(f"mean reward {np.mean(batch.rewards):+.3f}, mean gold {gold:+.3f}")
     env.close()
-    return 0
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import torch
 from rl_helpers import count_task, tiny_lm
 
 from agents import RLOO, AgentConfig, BestOfN, BestOfNConfig, RandomAgent, ReferenceAgent, RLOOConfig
-from agents.best_of_n import best_of_n_kl
+from agents.best_of_n import best_of_n_kl, best_of_n_mean
 from agents.rollout import rollout
 from text_env import TextGenerationEnv
 
@@ -37,8 +37,8 @@ def play(agent, task, seed=0):
 
 def test_rloo_learns_count_task(tmp_path):
     task = count_task()
-    config = RLOOConfig(batch_size=32, num_minibatches=2, rloo_k=4, learning_rate=3e-3, kl_coef=0.0,
-                        log_dir=str(tmp_path / "rloo"), checkpoint_every=0)
+    config = RLOOConfig(batch_size=32, num_mini_batches=2, num_generations=4, learning_rate=3e-3, beta=0.0,
+                        log_dir=str(tmp_path / "rloo"), save_steps=0)
     agent = RLOO(task, tiny_lm(task), config).learn(6000, progress_bar=False)
     rows = progress(tmp_path / "rloo")
     late = np.mean([r["score"] for r in rows[-3:]])
@@ -53,13 +53,13 @@ def test_rloo_learns_count_task(tmp_path):
 
 
 def test_rloo_needs_groups():
-    with pytest.raises(ValueError, match="rloo_k=3"):
-        RLOOConfig(batch_size=32, rloo_k=3)
+    with pytest.raises(ValueError, match="num_generations=3"):
+        RLOOConfig(batch_size=32, num_generations=3)
 
 
 def test_best_of_n_keeps_the_max(tmp_path):
     task = count_task()
-    agent = BestOfN(task, tiny_lm(task), BestOfNConfig(batch_size=32, n=8, log_dir=str(tmp_path / "bon")))
+    agent = BestOfN(task, tiny_lm(task), BestOfNConfig(batch_size=32, num_generations=8, log_dir=str(tmp_path / "bon")))
     batch = rollout(agent.policy, agent.env, group_size=8, seed=0)
     keep = agent.best(batch)
     groups = batch.rewards.reshape(4, 8)
@@ -73,9 +73,18 @@ def test_best_of_n_keeps_the_max(tmp_path):
     assert best_of_n_kl(4) == pytest.approx(0.636, abs=1e-3) and best_of_n_kl(1) == 0.0
 
 
+def test_best_of_n_mean_is_the_kept_sample_with_n_samples_and_a_subset_average_with_more():
+    proxy = np.array([[0.1, 0.9, 0.5], [0.3, 0.2, 0.7]])
+    values = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    assert best_of_n_mean(proxy, values, 3) == (2.0 + 6.0) / 2  # each row's proxy favourite
+    assert best_of_n_mean(proxy, values, 1) == pytest.approx(values.mean())  # n = 1: every sample
+    # n = 2 of 3: the favourite of each pair, averaged over the three pairs of each row.
+    assert best_of_n_mean(proxy, values, 2) == pytest.approx(((2 + 3 + 2) / 3 + (4 + 6 + 6) / 3) / 2)
+
+
 def test_best_of_n_predict_plays_a_planned_response():
     task = count_task()
-    agent = BestOfN(task, tiny_lm(task), BestOfNConfig(batch_size=16, n=16))
+    agent = BestOfN(task, tiny_lm(task), BestOfNConfig(batch_size=16, num_generations=16))
     rewards = [play(agent, task, seed)[0] for seed in range(4)]
     reference = ReferenceAgent(task, agent.policy, AgentConfig(batch_size=16))
     baseline = [play(reference, task, seed)[0] for seed in range(8)]

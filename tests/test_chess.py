@@ -25,17 +25,22 @@ from text_env import TextGenerationEnv, TextGenerationVectorEnv
 from text_env import chess as chess_env
 from text_env.chess import (
     EVAL_POSITIONS,
+    POLICY_META_FILE,
     TRAIN_POSITIONS,
     LearnedCritic,
     LegalMoveMask,
     StockfishCritic,
     chess_tokenizer,
+    critic_agreement,
+    grade_moves,
+    illegal_rate,
     legal_moves,
     load_positions,
     make_chess_env,
+    play_moves,
     win_probability,
 )
-from text_env.chess_eval import critic_agreement, grade_moves, illegal_rate, play_moves
+from text_env.chess import engine as chess_engine
 
 try:
     chess_env.find_stockfish()
@@ -310,7 +315,7 @@ def test_unmasked_env_penalises_illegal_moves():
 def hide_stockfish(monkeypatch, tmp_path):
     monkeypatch.delenv("STOCKFISH_PATH", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(chess_env, "STOCKFISH_FALLBACK", str(tmp_path / "none"))
+    monkeypatch.setattr(chess_engine, "STOCKFISH_FALLBACK", str(tmp_path / "none"))
 
 
 def test_learned_critic_is_the_default_and_needs_no_engine(monkeypatch, tmp_path):
@@ -350,7 +355,7 @@ def test_learned_critic_records_its_held_out_quality():
     assert held_out["pairwise_accuracy"] > 0.6
     assert held_out["top1_agreement"] > 1.5 * held_out["top1_chance"]
     assert set(meta["calibration"]) == {"slope", "intercept"}
-    with pytest.raises(FileNotFoundError, match="python -m text_env.chess_critic"):
+    with pytest.raises(FileNotFoundError, match="rlhf-gym chess-critic"):
         LearnedCritic(path="/nonexistent")
 
 
@@ -375,7 +380,7 @@ def test_sft_policy_illegal_move_rate_with_and_without_masks(tmp_path):
     from text_env.chess import CHESS_POLICY
 
     fens = load_positions(EVAL_POSITIONS)[:6]
-    config = AgentConfig(batch_size=2, log_dir=str(tmp_path), checkpoint_every=0)
+    config = AgentConfig(batch_size=2, log_dir=str(tmp_path), save_steps=0)
     sft = ReferenceAgent(chess_env.chess_task(NO_CRITIC), policy=CHESS_POLICY, config=config)
     unmasked = play_moves(sft, fens, mask_illegal=False)
     assert len(unmasked) == 6 and 0.0 <= illegal_rate(fens, unmasked) <= 1.0
@@ -541,7 +546,7 @@ def test_seeded_resets_give_the_same_positions():
 
 @needs_stockfish
 def test_position_builder_is_seeded(tmp_path):
-    from text_env import chess_positions as cp
+    from rlhf_gym.build import chess_positions as cp
 
     for path in (cp.BOOK_PATH, cp.ECO_PATH):
         if not os.path.exists(path):
@@ -584,8 +589,8 @@ def test_positions_argument_and_bad_input(tmp_path):
 
 # ---- the learned critic's and the default policy's builders ----------------------------
 def test_build_records_hold_no_machine_specific_paths(tmp_path):
-    from text_env.chess_critic import CriticBuildConfig
-    from text_env.chess_policy import PolicyBuildConfig
+    from rlhf_gym.build.chess_critic import CriticBuildConfig
+    from rlhf_gym.build.chess_policy import PolicyBuildConfig
 
     record = portable_config(CriticBuildConfig(out=str(tmp_path / "c"), work=str(tmp_path / "w"),
                                                          stockfish_path="/opt/sf/stockfish"))
@@ -604,7 +609,7 @@ def test_build_records_hold_no_machine_specific_paths(tmp_path):
 
 @needs_stockfish
 def test_weak_engine_demonstrations_are_seeded_legal_and_weak(tmp_path):
-    from text_env.chess_policy import PolicyBuildConfig, WeakEngine
+    from rlhf_gym.build.chess_policy import PolicyBuildConfig, WeakEngine
 
     fens = load_positions(EVAL_POSITIONS)[:12]
 
@@ -625,7 +630,6 @@ def test_shipped_policy_plays_legal_moves_under_masks():
     import torch
 
     from text_env.chess import CHESS_POLICY
-    from text_env.chess_policy import POLICY_META_FILE
 
     if not (CHESS_POLICY / POLICY_META_FILE).is_file():
         pytest.skip("no shipped chess policy")
@@ -653,10 +657,10 @@ def test_shipped_policy_plays_legal_moves_under_masks():
 @pytest.mark.slow
 @needs_stockfish
 def test_critic_builder_end_to_end(tmp_path):
-    from text_env.chess_critic import CriticBuildConfig, build_critic
+    from rlhf_gym.build.chess_critic import CriticBuildConfig, build_critic
 
     config = CriticBuildConfig(out=str(tmp_path / "critic"), work=str(tmp_path / "work"), max_positions=40,
-                               depth=4, hidden_size=64, layers=2, heads=2, epochs=1, progress=False)
+                               depth=4, hidden_size=64, layers=2, heads=2, num_train_epochs=1, progress=False)
     meta = build_critic(config)
     assert meta["rankings"]["train"] > 30 and 0.0 <= meta["held_out"]["pairwise_accuracy"] <= 1.0
     critic = LearnedCritic(tmp_path / "critic")
@@ -665,3 +669,32 @@ def test_critic_builder_end_to_end(tmp_path):
     rows = [row for _, row in read_jsonl(tmp_path / "work" / "train_rankings.jsonl")]
     assert all(row["scores"] == sorted(row["scores"], reverse=True) for row in rows)
     assert build_critic(config)["rankings"] == meta["rankings"]  # labels reused, same data
+
+
+def test_chess_policy_command_help(capsys):
+    from rlhf_gym.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["chess-policy", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "rlhf-gym chess-policy" in out and "--num-train-epochs" in out and "--demo-depth" in out
+    assert main(["chess-policy", "--temperature-cp", "0", "--out", "/nonexistent/x"]) == 2  # a usage error
+
+
+@needs_stockfish
+def test_chess_policy_builder_end_to_end(tmp_path):
+    from rlhf_gym.build.chess_policy import cli
+
+    out = tmp_path / "policy"
+    flags = ["--out", str(out), "--work", str(tmp_path / "work"), "--max-positions", "8", "--score-positions", "4",
+             "--demo-depth", "1", "--multipv", "3", "--critic-depth", "2", "--n-layer", "1", "--n-embd", "16",
+             "--n-head", "2", "--num-train-epochs", "1", "--batch-size", "8", "--no-progress"]
+    assert cli(flags) == 0
+    meta = json.loads((out / POLICY_META_FILE).read_text())
+    scores = meta["mean_stockfish_score"]
+    assert set(scores) == {"demonstrator", "random_legal_move", "policy_samples_masked", "policy_samples_unmasked"}
+    assert 0.0 <= scores["policy_samples_masked"] <= 1.0  # masks: every move legal
+    assert meta["sft"]["steps"] == 2 and meta["config"]["num_train_epochs"] == 1.0
+    assert not {"out", "work"} & set(meta["config"])
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()

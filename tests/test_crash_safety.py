@@ -122,8 +122,8 @@ task = count_task(max_new_tokens=4, reward_delay={delay})
 config = PPOKLConfig(**{config!r})
 PPOKL(task, tiny_lm(task), config).learn({total}, resume={resume}, progress_bar=False)
 """
-PPO_CONFIG = dict(batch_size=8, num_minibatches=2, ppo_epochs=2, learning_rate=1e-3, checkpoint_every=1,
-                  init_kl_coef=0.05, kl_target=None)
+PPO_CONFIG = dict(batch_size=8, num_mini_batches=2, num_ppo_epochs=2, learning_rate=1e-3, save_steps=1,
+                  beta=0.05, kl_target=None)
 PPO_TOTAL = 200  # tokens: about 8 iterations of 8 responses of up to 4 tokens
 
 
@@ -197,14 +197,14 @@ def sft_config(tmp_path: Path, **overrides: Any) -> SFTConfig:
     words = ["a", "b", "c", "ab", "ba", "cab"]
     data.write_text("".join(json.dumps({"prompt": f"{w} ", "response": f"{w} {w}"}) + "\n" for w in words * 6))
     options = dict(model=str(tmp_path / "base"), data=str(data), out=str(tmp_path / "out"), val_fraction=0.25,
-                   batch_size=6, max_steps=24, eval_interval=4, log_interval=2, patience=0, learning_rate=3e-3,
+                   batch_size=6, max_steps=24, eval_steps=4, logging_steps=2, patience=0, learning_rate=3e-3,
                    progress=False, num_threads=1)
     options.update(overrides)
     return SFTConfig(**options)
 
 
 def sft_argv(config: SFTConfig) -> list[str]:
-    keys = ["model", "data", "out", "val_fraction", "batch_size", "max_steps", "eval_interval", "log_interval",
+    keys = ["model", "data", "out", "val_fraction", "batch_size", "max_steps", "eval_steps", "logging_steps",
             "patience", "learning_rate", "num_threads"]
     return [x for k in keys for x in (f"--{k.replace('_', '-')}", str(getattr(config, k)))] + ["--no-progress"]
 
@@ -212,22 +212,21 @@ def sft_argv(config: SFTConfig) -> list[str]:
 def sft_checkpoint_loads(checkpoint: Path) -> int:
     state = json.loads((checkpoint / "state.json").read_text())
     assert all(torch.isfinite(t).all() for t in load_file(checkpoint / "model.safetensors").values())
-    for name in ("optimizer.pt", "scheduler.pt", "rng.pt"):
-        torch.load(checkpoint / name, weights_only=True)
+    torch.load(checkpoint / "trainer_state.pt", weights_only=True)
     return state["step"]
 
 
 def test_sft_killed_halfway_through_a_checkpoint_file_resumes_from_the_previous_one(tmp_path, capfd):
     config = sft_config(tmp_path)
     out = Path(config.out)
-    # Each checkpoint writes optimizer.pt, scheduler.pt, rng.pt: the 4th torch.save is the 2nd checkpoint's first.
-    done = run_child(tmp_path, SFT_RUN.format(spec="torch.save:4", argv=sft_argv(config)))
+    # Each checkpoint writes one trainer_state.pt: the 2nd torch.save is the 2nd checkpoint's.
+    done = run_child(tmp_path, SFT_RUN.format(spec="torch.save:2", argv=sft_argv(config)))
     assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
     assert temporaries(out, "checkpoint"), "the kill did not land inside a checkpoint write"
-    assert sft_checkpoint_loads(out / "checkpoint") == config.eval_interval
+    assert sft_checkpoint_loads(out / "checkpoint") == config.eval_steps
     capfd.readouterr()
     result = train_sft(config)
-    assert f"resuming {out} from step {config.eval_interval}." in capfd.readouterr().err
+    assert f"resuming {out} from step {config.eval_steps}." in capfd.readouterr().err
     assert result.steps == config.max_steps
     rows = [tuple(row.split(",")[:3:2]) for row in (out / "log.csv").read_text().splitlines()[1:]]  # (step, split)
     steps = [int(step) for step, _ in rows]
@@ -253,21 +252,23 @@ def rm_work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def rm_config(work: Path, out: Path, **overrides: Any) -> RewardTrainConfig:
     options = dict(model=str(work / "base"), data=str(work / "train.jsonl"), val_data=str(work / "val.jsonl"),
-                   out=str(out), lr=3e-3, batch_size=8, epochs=1, save_every=2, eval_every=0, progress=False)
+                   out=str(out), learning_rate=3e-3, batch_size=8, num_train_epochs=1, save_steps=2, eval_steps=0,
+                   progress=False)
     options.update(overrides)
     return RewardTrainConfig(**options)
 
 
 def rm_argv(config: RewardTrainConfig) -> list[str]:
     return ["--model", config.model, "--data", config.data, "--val-data", config.val_data, "--out", config.out,
-            "--lr", str(config.lr), "--batch-size", str(config.batch_size), "--epochs", str(config.epochs),
-            "--save-every", str(config.save_every), "--eval-every", "0", "--no-progress"]
+            "--learning-rate", str(config.learning_rate), "--batch-size", str(config.batch_size),
+            "--num-train-epochs", str(config.num_train_epochs), "--save-steps", str(config.save_steps),
+            "--eval-steps", "0", "--no-progress"]
 
 
 def rm_checkpoint_loads(checkpoint: Path) -> int:
     model = AutoModelForSequenceClassification.from_pretrained(checkpoint / "model", weights_only=True)
     assert all(torch.isfinite(p).all() for p in model.parameters())
-    torch.load(checkpoint / "optimizer.pt", weights_only=True)
+    torch.load(checkpoint / "trainer_state.pt", weights_only=True)
     return json.loads((checkpoint / "state.json").read_text())["step"]
 
 
@@ -495,9 +496,9 @@ def test_random_kills_during_folder_saves_never_leave_a_torn_folder_or_pile_up_t
 
 # ---- training logs rewritten on resume ------------------------------------------------------------
 def _rm_log(folder: Path, resume_step: int) -> None:
-    from reward_models.train import _Log
+    from rlhf_common.training import RunLogger
 
-    _Log(folder, resume_step, tensorboard=False).close()
+    RunLogger(folder, resume_step=resume_step, filename=LOG_FILE, tensorboard=False).close()
 
 
 def _ppo_log(folder: Path, resume_step: int) -> None:
@@ -507,17 +508,17 @@ def _ppo_log(folder: Path, resume_step: int) -> None:
 
 
 def _sft_log(folder: Path, resume_step: int) -> None:
-    from agents.sft import _CsvLog
+    from rlhf_common.training import RunLogger
 
-    _CsvLog(folder / "log.csv", after_step=resume_step)
+    RunLogger(folder, resume_step=resume_step, filename="log.csv", tensorboard=False).close()
 
 
 @pytest.mark.parametrize(
     ("open_log", "name"),
     [
-        pytest.param(_rm_log, LOG_FILE, id="reward_models.train._Log"),
+        pytest.param(_rm_log, LOG_FILE, id="reward_models.train"),
         pytest.param(_ppo_log, "progress.csv", id="rlhf_common.training.RunLogger"),
-        pytest.param(_sft_log, "log.csv", id="agents.sft._CsvLog"),
+        pytest.param(_sft_log, "log.csv", id="agents.sft"),
     ],
 )
 def test_a_crash_while_a_resumed_run_rewrites_its_log_keeps_the_old_rows(tmp_path, monkeypatch, open_log, name):
@@ -579,7 +580,7 @@ def test_ppo_survives_repeated_random_kills(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_sft_survives_repeated_random_kills(tmp_path):
-    config = sft_config(tmp_path, max_steps=200, eval_interval=2)
+    config = sft_config(tmp_path, max_steps=200, eval_steps=2)
     out = Path(config.out)
     seen = kill_repeatedly(tmp_path, SFT_RUN.format(spec="torch.save:1000000", argv=sft_argv(config)),
                            out / "checkpoint", kills=4, seed=3, check=sft_checkpoint_loads)
@@ -592,9 +593,9 @@ def test_sft_survives_repeated_random_kills(tmp_path):
 @pytest.mark.slow
 def test_reward_training_survives_repeated_random_kills(rm_work, tmp_path):
     out = tmp_path / "rm"
-    config = rm_config(rm_work, out, epochs=40, save_every=1)
+    config = rm_config(rm_work, out, num_train_epochs=40, save_steps=1)
     seen = kill_repeatedly(tmp_path, RM_RUN.format(spec="torch.save:1000000", argv=rm_argv(config)),
                            out / CHECKPOINT_DIR, kills=4, seed=4, check=rm_checkpoint_loads)
     stop = seen[-1] + 3
-    result = train_reward_model(rm_config(rm_work, out, epochs=40, save_every=1, max_steps=stop))
+    result = train_reward_model(rm_config(rm_work, out, num_train_epochs=40, save_steps=1, max_steps=stop))
     assert result.steps == stop and rm_log_steps(out) == list(range(1, stop + 1))

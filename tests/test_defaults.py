@@ -16,8 +16,9 @@ import text_env  # noqa: F401  (registers the environments)
 from agents.lm import load_policy
 from reward_models import HFRewardModel, UpbeatGoldScorer
 from rlhf_common.io import PACKAGE_ROOT, DataError
-from rlhf_gym.build_defaults import BuildConfig, build_defaults, model_card_markdown
-from rlhf_gym.build_defaults import cli as build_cli
+from rlhf_gym.build.defaults import BuildConfig, build_defaults
+from rlhf_gym.build.defaults import cli as build_cli
+from rlhf_gym.build.model_card import model_card_markdown
 from text_env.char_tokenizer import char_tokenizer
 from text_env.defaults import (
     ASSETS_DIR,
@@ -189,8 +190,8 @@ def test_build_defaults_on_a_tiny_corpus(tmp_path):
     options = dict(
         out=str(tmp_path / "assets"), work_dir=str(tmp_path / "work"), corpus=str(corpus), n_val=10,
         n_prompts=8, n_eval_prompts=8, vocab_size=300, n_layer=1, n_embd=16, n_head=2, context=32,
-        batch_size=8, pretrain_steps=30, sft_steps=10, eval_interval=10, n_baseline_prompts=4, num_threads=1,
-        rm_prompts=24, rm_k=3,
+        batch_size=8, pretrain_steps=30, sft_steps=10, eval_steps=10, n_baseline_prompts=4, num_threads=1,
+        rm_prompts=24, rm_num_generations=3,
     )
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
     assert build_cli([*flags, "--no-progress"]) == 0
@@ -232,7 +233,7 @@ def test_build_defaults_on_a_tiny_corpus(tmp_path):
     assert again["reward_model"]["val_accuracy"] == rm_card["val_accuracy"]
     only_rm = build_defaults(BuildConfig(**{**config.__dict__, "stage": "reward-model"}))
     assert only_rm["pretrain"] == card["pretrain"] and only_rm["baseline"] == card["baseline"]
-    with pytest.raises(ValueError, match="other settings .*rm_lr"):
-        build_defaults(BuildConfig(**{**config.__dict__, "rm_lr": 1e-3}))
-    with pytest.raises(ValueError, match="other settings .*vocab_size"):
+    with pytest.raises(ValueError, match="other settings .*--rm-learning-rate"):
+        build_defaults(BuildConfig(**{**config.__dict__, "rm_learning_rate": 1e-3}))
+    with pytest.raises(ValueError, match="other settings .*--vocab-size"):
         build_defaults(BuildConfig(**{**config.__dict__, "vocab_size": 280}))

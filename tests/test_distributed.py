@@ -10,7 +10,7 @@ import torch
 from rl_helpers import count_task, tiny_lm, torchrun
 
 from agents import BestOfN, BestOfNConfig
-from agents.distributed import DistInfo, init_distributed, masked_whiten_global, reduce_metrics
+from agents.distributed import DistInfo, init_distributed, reduce_metrics
 from agents.ppo_utils import masked_whiten
 
 TESTS = Path(__file__).resolve().parent
@@ -60,7 +60,7 @@ def test_single_process_helpers_are_identity():
     info = init_distributed()
     assert info == DistInfo() and info.is_main
     x, mask = torch.randn(4, 5), (torch.rand(4, 5) > 0.3).float()
-    assert torch.equal(masked_whiten_global(x, mask, info), masked_whiten(x, mask))
+    assert torch.equal(masked_whiten(x, mask, dist=info), masked_whiten(x, mask))
     assert reduce_metrics({"a": 1.0}, info, torch.device("cpu")) == {"a": 1.0}
 
 
@@ -69,10 +69,10 @@ def test_unsupported_agent_and_bad_split_fail_clearly(monkeypatch):
     monkeypatch.setattr("agents.base.init_distributed", lambda: DistInfo(rank=0, world_size=2))
     task = count_task()
     with pytest.raises(RuntimeError, match="BestOfN does not support torchrun"):
-        BestOfN(task, policy=tiny_lm(task), config=BestOfNConfig(batch_size=8, n=2, checkpoint_every=0))
+        BestOfN(task, policy=tiny_lm(task), config=BestOfNConfig(batch_size=8, num_generations=2, save_steps=0))
     from agents import PPOKL, RLOO, PPOKLConfig, RLOOConfig
 
     with pytest.raises(ValueError, match="batch_size=9 is the global batch"):
-        PPOKL(task, policy=tiny_lm(task), config=PPOKLConfig(batch_size=9, num_minibatches=1, checkpoint_every=0))
-    with pytest.raises(ValueError, match="rloo_k=4 must divide each rank's 2 episodes"):  # groups stay on one rank
-        RLOO(task, policy=tiny_lm(task), config=RLOOConfig(batch_size=4, rloo_k=4, checkpoint_every=0))
+        PPOKL(task, policy=tiny_lm(task), config=PPOKLConfig(batch_size=9, num_mini_batches=1, save_steps=0))
+    with pytest.raises(ValueError, match="num_generations=4 must divide each rank's 2 episodes"):  # one rank per group
+        RLOO(task, policy=tiny_lm(task), config=RLOOConfig(batch_size=4, num_generations=4, save_steps=0))

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from agents.sft import load_demonstrations
+from agents.demonstrations import load_demonstrations
 from reward_models import (
     Comparison,
     PromptResponses,

@@ -16,6 +16,7 @@ import text_env.wrappers
 from reward_models import FunctionRewardModel
 from text_env import Task, TextGenerationEnv
 from text_env.char_tokenizer import char_tokenizer
+from text_env.observation import next_token_logits
 from text_env.wrappers import KLRewardWrapper
 
 BETA = 0.3
@@ -71,7 +72,7 @@ def test_added_reward_is_beta_times_reference_log_prob(use_cache, sliding):
         assert fed.count(1) == (4 * 5 if use_cache else 0)
 
 
-def test_reference_is_renormalised_over_the_action_mask():
+def test_reference_is_renormalized_over_the_action_mask():
     def letters_only(prompt, response_ids):
         return np.array([0, 0, 1, 0, 1, 1 if len(response_ids) % 2 else 0], dtype=bool)  # eos, a, b on odd steps
 
@@ -203,3 +204,35 @@ def test_works_under_sb3_with_gym_make():
                         n_steps=16, batch_size=16, n_epochs=1, ent_coef=BETA, seed=0)
     model.learn(32)
     assert model.num_timesteps == 32
+
+
+def test_next_token_logits_ignore_left_padding_and_agree_with_the_kv_cache():
+    """The observation contract: a padded window, the unpadded tokens and a cached step give the same logits."""
+    task = count_task()
+    lm = tiny_lm(task)
+    lm.resize_token_embeddings(task.vocab_size + 2)
+    tokens = torch.tensor([[1, 4, 5, 4, 0]])  # (1, 5) pad id 0 as real text at the end
+    padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), tokens], 1)  # (1, 8) left-padded
+    mask = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 5, dtype=torch.long)], 1)  # (1, 8)
+    with torch.no_grad():
+        plain = lm(tokens).logits[:, -1, : task.vocab_size]  # (1, A)
+        from_window, _ = next_token_logits(lm, padded, mask, task.vocab_size)
+        _, prefix = next_token_logits(lm, tokens[:, :-1], torch.ones(1, 4, dtype=torch.long), task.vocab_size,
+                                      use_cache=True)
+        cached, _ = next_token_logits(lm, tokens[:, -1:], torch.ones(1, 5, dtype=torch.long), task.vocab_size,
+                                      past_key_values=prefix.past_key_values)
+        allowed = torch.tensor([[False, True, True, False, True, True]])
+        masked, _ = next_token_logits(lm, padded, mask, task.vocab_size, temperature=0.5, action_mask=allowed)
+    assert from_window.shape == (1, task.vocab_size)
+    torch.testing.assert_close(from_window, plain)
+    torch.testing.assert_close(cached, plain)
+    torch.testing.assert_close(masked[allowed], plain[allowed] / 0.5)
+    assert masked.softmax(-1)[~allowed].sum() == 0
+
+
+def test_a_disallowed_token_taken_anyway_has_reference_log_prob_minus_infinity():
+    task = count_task(action_mask=lambda p, r: np.array([0, 0, 1, 0, 1, 0], dtype=bool), enforce_action_mask=False)
+    env = KLRewardWrapper(TextGenerationEnv(task), tiny_lm(task), beta=BETA)
+    env.reset(seed=0)
+    assert np.isfinite(env.step(4)[4]["ref_logprob"])
+    assert env.step(5)[4]["ref_logprob"] == -np.inf  # 'b' is masked out, but the task lets it through

@@ -315,7 +315,7 @@ def test_export_rank_mode_and_agreement_cli(serve, tmp_path: Path, capsys) -> No
     assert cli(["agreement", "--db", str(tmp_path / "labels.sqlite")]) == 0
     table = capsys.readouterr().out
     assert "ann ~ bob" in table and "0.667" in table
-    assert cli(["agreement", "--db", str(tmp_path / "missing.sqlite")]) == 1
+    assert cli(["agreement", "--db", str(tmp_path / "missing.sqlite")]) == 2
     assert "no such labeling database" in capsys.readouterr().err
 
 

@@ -19,8 +19,8 @@ from agents.ppo_kl import cli
 
 pytest.importorskip("peft")
 torch.set_num_threads(1)
-BASE = dict(batch_size=32, num_minibatches=2, ppo_epochs=4, learning_rate=3e-3, init_kl_coef=0.0, kl_target=None,
-            checkpoint_every=0, lora=LoraSettings(r=4, alpha=8))
+BASE = dict(batch_size=32, num_mini_batches=2, num_ppo_epochs=4, learning_rate=3e-3, beta=0.0, kl_target=None,
+            save_steps=0, lora=LoraSettings(r=4, alpha=8))
 
 
 def make_agent(tmp_path: Path, reference=None, **overrides) -> PPOKL:
@@ -39,7 +39,7 @@ def base_weights(agent: PPOKL) -> dict[str, torch.Tensor]:
 
 
 def test_only_adapters_train_and_reference_is_the_disabled_adapter(tmp_path):
-    agent = make_agent(tmp_path, init_kl_coef=0.2)
+    agent = make_agent(tmp_path, beta=0.2)
     assert is_lora(agent.policy) and isinstance(agent.reference, AdapterDisabled)
     assert agent.reference.model is agent.policy  # one set of weights in memory
     trainable = {n for n, p in agent.policy.named_parameters() if p.requires_grad}
@@ -74,7 +74,7 @@ def test_lora_ppokl_learns_count_task(tmp_path):
 
 
 def test_checkpoint_holds_adapter_and_base_and_resumes_identically(tmp_path):
-    agent = make_agent(tmp_path, kl_target=1.0, init_kl_coef=0.1)
+    agent = make_agent(tmp_path, kl_target=1.0, beta=0.1)
     agent.learn(300, progress_bar=False)
     agent.save(tmp_path / "saved")
     saved = tmp_path / "saved"
@@ -110,7 +110,7 @@ def test_explicit_reference_is_a_separate_model_and_saved(tmp_path):
 
 def test_rloo_with_lora(tmp_path):
     task = count_task()
-    config = RLOOConfig(batch_size=16, num_minibatches=2, rloo_k=4, learning_rate=3e-3, checkpoint_every=0,
+    config = RLOOConfig(batch_size=16, num_mini_batches=2, num_generations=4, learning_rate=3e-3, save_steps=0,
                         log_dir=str(tmp_path / "run"), lora=LoraSettings(r=2))
     agent = RLOO(task, policy=tiny_lm(task), config=config)
     assert isinstance(agent.reference, AdapterDisabled)

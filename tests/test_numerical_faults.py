@@ -58,8 +58,8 @@ def test_non_finite_reward_stops_rl_and_keeps_the_last_checkpoint(tmp_path, agen
     reward = FailsAfter(good_calls=10**9, bad=bad)
     task = count_task(max_new_tokens=4, reward_model=FunctionRewardModel(reward, batched=True))
     config_class = PPOKLConfig if agent_class is PPOKL else RLOOConfig
-    extra = {"ppo_epochs": 1} if agent_class is PPOKL else {"rloo_k": 2}
-    config = config_class(batch_size=8, num_minibatches=2, learning_rate=1e-3, checkpoint_every=1,
+    extra = {"num_ppo_epochs": 1} if agent_class is PPOKL else {"num_generations": 2}
+    config = config_class(batch_size=8, num_mini_batches=2, learning_rate=1e-3, save_steps=1,
                           log_dir=str(tmp_path / "run"), **extra)
     agent = agent_class(task, tiny_lm(task), config)
     agent.learn(2 * 8 * 4, progress_bar=False)  # two clean iterations, each checkpointed
@@ -77,7 +77,7 @@ def test_non_finite_reward_stops_rl_and_keeps_the_last_checkpoint(tmp_path, agen
 
 def test_nan_loss_stops_rloo_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     task = count_task(max_new_tokens=4)
-    config = RLOOConfig(batch_size=8, num_minibatches=2, rloo_k=2, learning_rate=1e-3, checkpoint_every=1,
+    config = RLOOConfig(batch_size=8, num_mini_batches=2, num_generations=2, learning_rate=1e-3, save_steps=1,
                         log_dir=str(tmp_path / "run"))
     agent = RLOO(task, tiny_lm(task), config)
     agent.learn(1, progress_bar=False)
@@ -102,7 +102,7 @@ def sft_config(tmp_path: Path, **overrides) -> SFTConfig:
     data.write_text("".join(json.dumps({"prompt": "a" * (i % 3), "response": " ab" * (1 + i % 2)}) + "\n"
                             for i in range(32)))
     options = dict(model=str(tmp_path / "base"), data=str(data), out=str(tmp_path / "out"), val_fraction=0.25,
-                   batch_size=8, max_steps=12, eval_interval=2, log_interval=1, patience=0, progress=False,
+                   batch_size=8, max_steps=12, eval_steps=2, logging_steps=1, patience=0, progress=False,
                    learning_rate=1e-3)
     options.update(overrides)
     return SFTConfig(**options)
@@ -152,7 +152,7 @@ def test_non_finite_reward_model_scores_stop_training_and_keep_the_checkpoint(rm
     monkeypatch.setattr(train_module, "sequence_scores", breaks_at_step_4)
     config = RewardTrainConfig(model=str(rm_work / "base"), data=str(rm_work / "train.jsonl"),
                                val_data=str(rm_work / "val.jsonl"), out=str(tmp_path / "rm"), batch_size=8,
-                               lr=3e-3, save_every=1, eval_every=0, progress=False)
+                               learning_rate=3e-3, save_steps=1, eval_steps=0, progress=False)
     with pytest.raises(FloatingPointError, match=r"step 4: .*checkpoint") as err:
         train_reward_model(config)
     assert str(tmp_path / "rm" / CHECKPOINT_DIR) in str(err.value)
@@ -168,6 +168,6 @@ def test_reward_model_cli_reports_a_non_finite_loss_without_a_traceback(rm_work,
     monkeypatch.setattr(train_module, "ranking_loss", lambda scores, sizes: scores.sum() * math.nan)
     code = train_module.cli(["--model", str(rm_work / "base"), "--data", str(rm_work / "train.jsonl"),
                              "--out", str(tmp_path / "rm"), "--no-progress"])
-    assert code == 2
+    assert code == 1
     err = capsys.readouterr().err
-    assert "rlhf-gym train-rm: step 1: the loss is nan" in err and "no checkpoint" in err
+    assert "rlhf-gym train-rm: step 1: the loss is nan" in err and "last good checkpoint" not in err

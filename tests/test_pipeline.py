@@ -5,15 +5,18 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 
 import numpy as np
 import pytest
 
 from agents import PPOKL
-from agents.best_of_n import best_of_n_kl, matched_best_of_n
+from agents.best_of_n import best_of_n_kl, best_of_n_mean, matched_best_of_n
+from agents.registry import AGENTS, AgentSpec
 from reward_models import load_collection
-from rlhf_gym import collect, pipeline, report
-from rlhf_gym.pipeline import Pipeline, PipelineConfig, _best_of
+from rlhf_gym import collect
+from rlhf_gym.pipeline import PipelineConfig, report, run, run_pipeline
+from rlhf_gym.pipeline.layout import RunLayout
 
 
 def default_assets_or_skip() -> None:
@@ -29,7 +32,8 @@ def default_assets_or_skip() -> None:
 def tiny(out, **overrides) -> PipelineConfig:
     """A pipeline run of seconds: 4 evaluation prompts, best-of-4, a few iterations per agent."""
     options = dict(out=str(out), n_eval_prompts=4, eval_samples=2, max_n=4, batch_size=8, timesteps=192,
-                   sb3_timesteps=192, sb3_n_envs=4, sb3_n_steps=16, checkpoint_every=1, num_threads=1, progress=False)
+                   agent_settings="sb3_ppo.timesteps=192,sb3_ppo.num_envs=4,sb3_ppo.n_steps=16", save_steps=1,
+                   num_threads=1, progress=False)
     options.update(overrides)
     return PipelineConfig(**options)
 
@@ -40,7 +44,7 @@ def read_csv(path) -> list[dict[str, str]]:
 
 
 # ---- collect -----------------------------------------------------------------------------
-def test_collect_writes_k_responses_per_prompt_deterministically(tmp_path):
+def test_collect_writes_n_responses_per_prompt_deterministically(tmp_path):
     from text_env.defaults import default_prompts_path
     from text_env.prompts import load_prompts
 
@@ -49,7 +53,7 @@ def test_collect_writes_k_responses_per_prompt_deterministically(tmp_path):
     except FileNotFoundError as e:
         pytest.skip(f"no embedded default assets: {e}")
 
-    argv = ["--n-prompts", "3", "--k", "2", "--batch-size", "4", "--max-new-tokens", "8", "--no-progress"]
+    argv = ["--n-prompts", "3", "--num-generations", "2", "--batch-size", "4", "--max-new-tokens", "8", "--no-progress"]
     assert collect.cli([*argv, "--out", str(tmp_path / "a.jsonl")]) == 0
     assert collect.cli([*argv, "--out", str(tmp_path / "b.jsonl")]) == 0
     items = load_collection(tmp_path / "a.jsonl")  # the labeling page's and simulate-labels' reader
@@ -61,8 +65,8 @@ def test_collect_writes_k_responses_per_prompt_deterministically(tmp_path):
 
 
 def test_collect_refuses_bad_flags(tmp_path, capsys):
-    assert collect.cli(["--k", "0", "--out", str(tmp_path / "c.jsonl")]) == 2
-    assert "--k 0" in capsys.readouterr().err
+    assert collect.cli(["--num-generations", "0", "--out", str(tmp_path / "c.jsonl")]) == 2
+    assert "--num-generations 0" in capsys.readouterr().err
     assert not (tmp_path / "c.jsonl").exists()
 
 
@@ -70,11 +74,11 @@ def test_collect_refuses_bad_flags(tmp_path, capsys):
 def test_best_of_averages_the_proxy_favourite_over_every_subset():
     proxy = np.array([[1.0, 3.0, 2.0, 0.0], [0.0, 1.0, 5.0, 4.0]])
     gold = np.array([[10.0, 30.0, 20.0, 0.0], [1.0, 2.0, 3.0, 4.0]])
-    assert _best_of(proxy, gold, 1) == pytest.approx(70 / 8)
+    assert best_of_n_mean(proxy, gold, 1) == pytest.approx(70 / 8)
     # the 6 pairs of row 1 keep golds 30, 20, 10, 30, 30, 20; those of row 2 keep 2, 3, 4, 3, 4, 3
-    assert _best_of(proxy, gold, 2) == pytest.approx((140 / 6 + 19 / 6) / 2)
-    assert _best_of(proxy, gold, 3) == pytest.approx((110 / 4 + 13 / 4) / 2)  # leave one out, 4 ways
-    assert _best_of(proxy, gold, 4) == pytest.approx((30 + 3) / 2)
+    assert best_of_n_mean(proxy, gold, 2) == pytest.approx((140 / 6 + 19 / 6) / 2)
+    assert best_of_n_mean(proxy, gold, 3) == pytest.approx((110 / 4 + 13 / 4) / 2)  # leave one out, 4 ways
+    assert best_of_n_mean(proxy, gold, 4) == pytest.approx((30 + 3) / 2)
 
 
 def test_matched_best_of_n_interpolates_in_kl_and_stops_at_the_largest_n():
@@ -85,19 +89,66 @@ def test_matched_best_of_n_interpolates_in_kl_and_stops_at_the_largest_n():
     assert matched_best_of_n(dense, best_of_n_kl(3) + 1e-9) is None
 
 
-@pytest.mark.parametrize("bad", [dict(max_n=48), dict(agents="ppo_kl,dqn"), dict(agents=""), dict(k=3),
-                                 dict(model="m", from_scratch=True), dict(timesteps=0),
-                                 dict(sb3_timesteps=0), dict(ppo_minibatches=0)])
+@pytest.mark.parametrize("bad", [dict(max_n=48), dict(agents="ppo_kl,dqn"), dict(agents=""), dict(num_generations=3),
+                                 dict(model="m", from_scratch=True), dict(timesteps=0), dict(save_steps=0),
+                                 dict(agent_settings="sb3_ppo.timesteps=0"),
+                                 dict(agent_settings="ppo_kl.num_mini_batches=0")])
 def test_config_refuses_bad_settings(bad):
     with pytest.raises(ValueError):
         PipelineConfig(**bad)
 
 
-def test_resuming_with_other_settings_is_refused(tmp_path):
-    Pipeline(tiny(tmp_path))._check_config()
-    Pipeline(tiny(tmp_path, progress=True, num_threads=2))._check_config()  # display settings may change
-    with pytest.raises(ValueError, match="timesteps: 192 -> 384"):
-        Pipeline(tiny(tmp_path, timesteps=384))._check_config()
+def test_the_demo_builds_each_agent_from_the_registry_with_its_own_settings():
+    config = PipelineConfig()
+    assert config.agent_names == ["ppo_kl", "rloo", "sb3_ppo"]
+    ppo = config.agent_config("ppo_kl", "logs/ppo_kl")
+    assert (ppo.beta, ppo.learning_rate, ppo.num_mini_batches, ppo.kl_target) == (0.3, 5e-5, 2, None)
+    rloo = config.agent_config("rloo", "logs/rloo")
+    assert (rloo.beta, rloo.learning_rate, rloo.num_generations) == (0.3, 3e-4, 4)
+    for agent in (ppo, rloo):
+        assert (agent.batch_size, agent.seed, agent.save_steps) == (128, 0, 4)
+    sb3 = config.agent_config("sb3_ppo", "logs/sb3_ppo")
+    assert (sb3.learning_rate, sb3.num_ppo_epochs, sb3.num_mini_batches) == (1e-4, 1, 4)
+    assert (sb3.num_envs, sb3.n_steps) == (16, 32)
+    assert (sb3.beta, sb3.seed, sb3.save_steps, sb3.log_dir) == (0.3, 0, 4, "logs/sb3_ppo")
+    assert [config.budget(n) for n in config.agent_names] == [196_608, 196_608, 12_288]
+
+    custom = PipelineConfig(agent_settings="rloo.learning_rate=1e-4, sb3_ppo.timesteps=6144,ppo_kl.kl_target=none")
+    assert custom.agent_config("rloo", "x").learning_rate == 1e-4 and custom.budget("sb3_ppo") == 6144
+    assert custom.agent_config("ppo_kl", "x").kl_target is None
+
+
+@pytest.mark.parametrize("text, message", [
+    ("rloo.learning_rte=1e-4", "RLOOConfig of agent 'rloo' has no field 'learning_rte'; valid fields: timesteps, "),
+    ("rloo.learning_rate=fast", "learning_rate must be a float"),
+    ("dqn.learning_rate=1e-4", "unknown agent 'dqn'; registered agents: ppo_kl, rloo, sb3_ppo"),
+    ("rloo.log_dir=elsewhere", "has no field 'log_dir'"),
+    ("learning_rate=1e-4", "write AGENT.FIELD=VALUE"),
+])
+def test_agent_settings_errors_name_the_agent_the_field_and_the_fix(text, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        PipelineConfig(agent_settings=text)
+
+
+def test_a_registered_agent_joins_the_pipeline_without_touching_it(monkeypatch):
+    spec = AgentSpec("ppo_kl_fast", "PPOKL, faster", "agents.ppo_kl:PPOKL", "agents.ppo_kl:PPOKLConfig",
+                     {"learning_rate": 3e-4}, timesteps=4096)
+    monkeypatch.setitem(AGENTS, spec.name, spec)
+    config = PipelineConfig(agents="ppo_kl,ppo_kl_fast", agent_settings="ppo_kl_fast.num_mini_batches=4")
+    fast = config.agent_config("ppo_kl_fast", "x")
+    assert (fast.learning_rate, fast.num_mini_batches, fast.beta, config.budget("ppo_kl_fast")) == (3e-4, 4, 0.3, 4096)
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path, monkeypatch):
+    def stop(ctx):
+        raise KeyboardInterrupt  # the run folder is claimed before step 0 starts
+
+    monkeypatch.setattr(run, "prepare", stop)
+    for config in (tiny(tmp_path), tiny(tmp_path, progress=True)):  # display settings may change
+        with pytest.raises(KeyboardInterrupt):
+            run_pipeline(config)
+    with pytest.raises(ValueError, match="--timesteps 192 -> 384"):
+        run_pipeline(tiny(tmp_path, timesteps=384))
 
 
 def test_report_cli_needs_a_run(tmp_path, capsys):
@@ -109,9 +160,9 @@ def test_report_cli_needs_a_run(tmp_path, capsys):
 def test_pipeline_runs_end_to_end_then_skips_every_finished_stage(tmp_path, monkeypatch, capsys):
     pytest.importorskip("stable_baselines3")
     default_assets_or_skip()
-    rows = pipeline.run_pipeline(tiny(tmp_path))
+    rows = run_pipeline(tiny(tmp_path))
     printed = capsys.readouterr().out
-    layout = report.RunLayout(tmp_path)
+    layout = RunLayout(tmp_path)
 
     names = [r["policy"] for r in rows]
     assert names == ["SFT reference", "best-of-2", "best-of-4", "PPOKL", "RLOO", "SB3 PPO + KL wrapper"]
@@ -151,9 +202,9 @@ def test_pipeline_runs_end_to_end_then_skips_every_finished_stage(tmp_path, monk
     def refuse(*args, **kwargs):
         raise AssertionError("a finished stage ran again")
 
-    for method in ("prepare", "sft_metrics", "reward_model_metrics", "best_of_n", "train_agent"):
-        monkeypatch.setattr(Pipeline, method, refuse)
-    assert pipeline.run_pipeline(tiny(tmp_path)) == rows
+    for step in ("prepare", "sft_metrics", "reward_model_metrics", "best_of_n", "train_agent"):
+        monkeypatch.setattr(run, step, refuse)
+    assert run_pipeline(tiny(tmp_path)) == rows
     assert [p.stat().st_mtime_ns for p in outputs] == stamps
 
 
@@ -171,15 +222,15 @@ def test_an_interrupted_agent_resumes_from_its_checkpoint(tmp_path, monkeypatch)
 
     monkeypatch.setattr(PPOKL, "_iteration", killed_on_third)
     with pytest.raises(KeyboardInterrupt):
-        pipeline.run_pipeline(config)
-    layout = report.RunLayout(tmp_path)
+        run_pipeline(config)
+    layout = RunLayout(tmp_path)
     assert not layout.agent_eval("ppo_kl").exists()
     assert [r["step"] for r in read_csv(layout.agent_dir("ppo_kl") / "progress.csv")] == ["1", "2"]
     state = json.loads((layout.agent_dir("ppo_kl") / "checkpoint" / "state.json").read_text())
     assert state["iteration"] == 2
 
     monkeypatch.setattr(PPOKL, "_iteration", original)
-    pipeline.run_pipeline(config)
+    run_pipeline(config)
     steps = [int(r["step"]) for r in read_csv(layout.agent_dir("ppo_kl") / "progress.csv")]
     assert steps == list(range(1, len(steps) + 1)) and len(steps) > 2  # continued at 3, no step logged twice
     ev = json.loads(layout.agent_eval("ppo_kl").read_text())

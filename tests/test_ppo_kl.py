@@ -24,8 +24,8 @@ from text_env import TextGenerationEnv, TextGenerationVectorEnv
 
 torch.set_num_threads(1)
 TESTS = Path(__file__).resolve().parent
-BASE = dict(batch_size=32, num_minibatches=2, ppo_epochs=4, learning_rate=1e-3, init_kl_coef=0.0, kl_target=None,
-            checkpoint_every=0)
+BASE = dict(batch_size=32, num_mini_batches=2, num_ppo_epochs=4, learning_rate=1e-3, beta=0.0, kl_target=None,
+            save_steps=0)
 
 
 def make_agent(tmp_path: Path, **overrides) -> PPOKL:
@@ -40,7 +40,7 @@ def progress(log_dir: Path | str) -> list[dict[str, float]]:
 
 
 def test_first_iteration_kl_is_zero(tmp_path):
-    agent = make_agent(tmp_path, init_kl_coef=0.2)
+    agent = make_agent(tmp_path, beta=0.2)
     agent.learn(1, progress_bar=False)
     (row,) = progress(tmp_path / "run")
     # Policy == reference before any update: the rollout's log-probs and the reference pass's agree
@@ -50,7 +50,7 @@ def test_first_iteration_kl_is_zero(tmp_path):
     assert row["beta"] == 0.2
     assert row["approx_kl"] > 0  # the update itself did move the policy
     for key in ("score", "entropy", "clipfrac", "value_loss", "explained_variance", "response_length",
-                "episodes_per_second", "learning_rate", "grad_norm"):
+                "episodes_per_second", "seconds", "learning_rate", "grad_norm"):
         assert key in row
 
 
@@ -87,7 +87,7 @@ def test_learns_count_task_and_kl_grows_without_penalty(tmp_path):
 
 
 def test_huge_beta_keeps_policy_at_reference(tmp_path):
-    agent = make_agent(tmp_path, init_kl_coef=100.0)
+    agent = make_agent(tmp_path, beta=100.0)
     agent.learn(2000, progress_bar=False)
     rows = progress(tmp_path / "run")
     # The first update (KL still 0) moves a little; after it the penalty pulls the policy back.
@@ -108,18 +108,20 @@ def test_update_changes_policy_and_value_head_but_not_reference(tmp_path):
 
 
 def test_adaptive_controller_moves_beta(tmp_path):
-    agent = make_agent(tmp_path, init_kl_coef=0.1, kl_target=0.5, kl_horizon=100)
+    agent = make_agent(tmp_path, beta=0.1, kl_target=0.5, kl_horizon=100)
     agent.learn(1500, progress_bar=False)
     rows = progress(tmp_path / "run")
     assert rows[0]["beta"] == 0.1 and rows[-1]["beta"] != 0.1
 
 
 def test_save_load_round_trip_continues_identically(tmp_path):
-    agent = make_agent(tmp_path, kl_target=1.0, init_kl_coef=0.1)
+    agent = make_agent(tmp_path, kl_target=1.0, beta=0.1)
     agent.learn(600, progress_bar=False)
     agent.save(tmp_path / "saved")
     loaded = PPOKL.load(tmp_path / "saved", count_task())
     assert loaded.iteration == agent.iteration and loaded.num_timesteps == agent.num_timesteps
+    assert loaded.num_episodes == agent.num_episodes == 32 * agent.iteration
+    assert loaded.train_seconds == agent.train_seconds > 0
     assert loaded.kl_ctl.value == agent.kl_ctl.value != 0.1
     for a, b in ((agent.policy, loaded.policy), (agent.reference, loaded.reference),
                  (agent.value_model, loaded.value_model)):
@@ -131,12 +133,12 @@ def test_save_load_round_trip_continues_identically(tmp_path):
     for x, y in zip(agent.policy.parameters(), loaded.policy.parameters(), strict=True):
         assert torch.equal(x, y)
     assert progress(tmp_path / "run")[-1] == {**progress(tmp_path / "run2")[-1]} | {
-        k: progress(tmp_path / "run")[-1][k] for k in ("episodes_per_second", "tokens_per_second")
+        k: progress(tmp_path / "run")[-1][k] for k in ("episodes_per_second", "tokens_per_second", "seconds")
     }
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
-    agent = make_agent(tmp_path, checkpoint_every=1)
+    agent = make_agent(tmp_path, save_steps=1)
     agent.learn(1, progress_bar=False)
     with torch.no_grad():
         agent.value_model.weight.fill_(float("nan"))
@@ -179,7 +181,7 @@ def test_config_and_env_errors(tmp_path, capsys):
     with pytest.raises(ValueError, match="critic_path"):
         PPOKLConfig(value_head="critic")
     with pytest.raises(ValueError, match="divide batch_size"):
-        PPOKLConfig(batch_size=10, num_minibatches=4)
+        PPOKLConfig(batch_size=10, num_mini_batches=4)
     task = count_task()
     with pytest.raises(ValueError, match="num_envs=4"):
         PPOKL(TextGenerationVectorEnv(task, 4, autoreset_mode="Disabled"), tiny_lm(task), PPOKLConfig(**BASE))
@@ -196,7 +198,7 @@ torch.set_num_threads(1)
 from rl_helpers import count_task, tiny_lm
 from agents import PPOKL, PPOKLConfig
 task = count_task(reward_delay=0.3)
-config = PPOKLConfig(batch_size=8, num_minibatches=2, learning_rate=1e-3, log_dir={log_dir!r}, checkpoint_every=1)
+config = PPOKLConfig(batch_size=8, num_mini_batches=2, learning_rate=1e-3, log_dir={log_dir!r}, save_steps=1)
 PPOKL(task, tiny_lm(task), config).learn(400, progress_bar=False)
 """
 
@@ -230,8 +232,8 @@ def test_sigkill_then_resume_continues_from_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(PPOKL, "_iteration", record)
     task = count_task()
-    config = PPOKLConfig(batch_size=8, num_minibatches=2, learning_rate=1e-3, log_dir=str(log_dir),
-                         checkpoint_every=1)
+    config = PPOKLConfig(batch_size=8, num_mini_batches=2, learning_rate=1e-3, log_dir=str(log_dir),
+                         save_steps=1)
     agent = PPOKL(task, tiny_lm(task), config).learn(400, resume=True, progress_bar=False)
     assert seen[0] == killed_at  # continued after the checkpoint, not from 0
     assert agent.num_timesteps >= 400 and agent.iteration == killed_at + len(seen)

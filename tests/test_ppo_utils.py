@@ -13,6 +13,7 @@ from agents.ppo_utils import (
     compute_gae,
     explained_variance,
     kl_estimate,
+    kl_per_response,
     leave_one_out_advantages,
     masked_mean,
     masked_var,
@@ -48,6 +49,16 @@ def test_kl_estimators():
     assert kl_estimate(logp_ref, logp_ref, "k3").item() == 0.0
     with pytest.raises(ValueError, match="k1"):
         kl_estimate(logp, logp_ref, "k4")
+
+
+def test_kl_per_response_sums_the_estimate_over_response_tokens():
+    logp = torch.log(torch.tensor([[0.5, 0.5, 0.9], [0.5, 0.2, 0.2]]))
+    logp_ref = torch.log(torch.tensor([[0.25, 0.5, 0.1], [0.25, 0.1, 0.1]]))
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    for kind in ("k1", "k3"):
+        expected = [float(kl_estimate(logp[i, :n], logp_ref[i, :n], kind).sum()) for i, n in enumerate((2, 1))]
+        assert kl_per_response(logp, logp_ref, mask, kind).tolist() == pytest.approx(expected)
+    assert kl_per_response(logp, logp_ref, mask).tolist() == pytest.approx([math.log(2), math.log(2)])
 
 
 def test_compute_gae_by_hand():

@@ -65,8 +65,8 @@ def test_ppokl_with_two_workers_follows_the_single_process_learning_curve(tmp_pa
     curves = {}
     for workers in (0, 2):
         task = count_task()
-        config = PPOKLConfig(batch_size=32, num_minibatches=2, learning_rate=1e-3, init_kl_coef=0.05, kl_target=None,
-                             checkpoint_every=0, rollout_workers=workers, log_dir=str(tmp_path / f"w{workers}"))
+        config = PPOKLConfig(batch_size=32, num_mini_batches=2, learning_rate=1e-3, beta=0.05, kl_target=None,
+                             save_steps=0, rollout_workers=workers, log_dir=str(tmp_path / f"w{workers}"))
         agent = PPOKL(task, policy=tiny_lm(task), config=config).learn(2500, progress_bar=False)
         curves[workers] = progress(tmp_path / f"w{workers}")
         if workers:

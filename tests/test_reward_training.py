@@ -1,4 +1,4 @@
-"""Bradley-Terry reward-model training: loss, padding, head init, learning, normalisation, resume."""
+"""Bradley-Terry reward-model training: loss, padding, head init, learning, normalization, resume."""
 
 from __future__ import annotations
 
@@ -25,13 +25,12 @@ from reward_models import (
     evaluate_preferences,
     load_preferences,
 )
-from reward_models.hf_model import NORMALISATION_FILE, encode_for_reward, sequence_scores
+from reward_models.hf_model import NORMALIZATION_FILE, encode_for_reward, load_reward_backbone, sequence_scores
 from reward_models.train import (
     CHECKPOINT_DIR,
     LOG_FILE,
     RewardTrainConfig,
     cli,
-    load_reward_backbone,
     ranking_loss,
     train_reward_model,
 )
@@ -53,7 +52,7 @@ def work(tmp_path_factory) -> Path:
 def config(work: Path, out: Path, **overrides) -> RewardTrainConfig:
     options = dict(
         model=str(work / "base"), data=str(work / "train.jsonl"), val_data=str(work / "val.jsonl"),
-        out=str(out), lr=3e-3, batch_size=16, epochs=2, eval_every=10, progress=False,
+        out=str(out), learning_rate=3e-3, batch_size=16, num_train_epochs=2, eval_steps=10, progress=False,
     )
     options.update(overrides)
     return RewardTrainConfig(**options)
@@ -177,7 +176,7 @@ def test_training_learns_the_labelers_preferences(work, trained):
 
 def test_saved_folder_is_a_one_label_sequence_classifier(work, trained):
     files = sorted(p.name for p in (work / "rm").iterdir())
-    assert {"config.json", "model.safetensors", "tokenizer.json", NORMALISATION_FILE, LOG_FILE} <= set(files)
+    assert {"config.json", "model.safetensors", "tokenizer.json", NORMALIZATION_FILE, LOG_FILE} <= set(files)
     assert CHECKPOINT_DIR not in files and not any(f.endswith(".bin") for f in files)
     cfg = json.loads((work / "rm" / "config.json").read_text())
     assert cfg["architectures"] == ["GPT2ForSequenceClassification"]
@@ -188,7 +187,7 @@ def test_saved_folder_is_a_one_label_sequence_classifier(work, trained):
 @pytest.mark.parametrize(
     "arch, folded", [("gpt2", "transformer.ln_f.bias"), ("llama", ""), ("bert", "classifier.bias")]
 )
-def test_normalised_on_reference_samples_after_reload(work, tmp_path, arch, folded):
+def test_normalized_on_reference_samples_after_reload(work, tmp_path, arch, folded):
     if arch == "bert":
         tok = char_tokenizer("ab")
         torch.manual_seed(0)
@@ -202,20 +201,20 @@ def test_normalised_on_reference_samples_after_reload(work, tmp_path, arch, fold
     rng = np.random.default_rng(0)
     rows = [{"prompt": "", "response": "".join(rng.choice(["a", "b"], size=rng.integers(3, 12)))} for _ in range(60)]
     reference.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    result = train_reward_model(config(work, tmp_path / "rm", model=str(tmp_path / "base"), epochs=1,
-                                       reference_data=str(reference), eval_every=0))
-    assert result.normalisation.folded_into == folded
-    assert (result.normalisation.output_offset == 0.0) == bool(folded)
+    result = train_reward_model(config(work, tmp_path / "rm", model=str(tmp_path / "base"), num_train_epochs=1,
+                                       reference_data=str(reference), eval_steps=0))
+    assert result.normalization.folded_into == folded
+    assert (result.normalization.output_offset == 0.0) == bool(folded)
     responses = [r["response"] for r in rows]
     s = HFRewardModel(tmp_path / "rm").score([""] * len(rows), responses)
     assert abs(s.mean()) < 1e-3 and abs(s.std() - 1) < 1e-3
-    saved = json.loads((tmp_path / "rm" / NORMALISATION_FILE).read_text())
-    assert saved["shift"] == pytest.approx(result.normalisation.shift) and saved["reference_samples"] == 60
+    saved = json.loads((tmp_path / "rm" / NORMALIZATION_FILE).read_text())
+    assert saved["shift"] == pytest.approx(result.normalization.shift) and saved["reference_samples"] == 60
 
 
 def test_micro_batches_accumulate_to_the_same_step(work, tmp_path):
-    whole = train_reward_model(config(work, tmp_path / "a", max_steps=3, save_every=0))
-    parts = train_reward_model(config(work, tmp_path / "b", max_steps=3, save_every=0, micro_batch_size=5))
+    whole = train_reward_model(config(work, tmp_path / "a", max_steps=3, save_steps=0))
+    parts = train_reward_model(config(work, tmp_path / "b", max_steps=3, save_steps=0, micro_batch_size=5))
     assert not whole.finished and not parts.finished
     assert_same_scores(work, tmp_path / "a" / CHECKPOINT_DIR / "model", tmp_path / "b" / CHECKPOINT_DIR / "model")
 
@@ -235,8 +234,8 @@ def test_resume_after_max_steps_equals_an_uninterrupted_run(work, tmp_path, trai
 def test_resume_after_the_process_is_killed(work, tmp_path):
     out = tmp_path / "rm"
     argv = ["--model", str(work / "base"), "--data", str(work / "train.jsonl"), "--val-data", str(work / "val.jsonl"),
-            "--out", str(out), "--lr", "3e-3", "--batch-size", "16", "--epochs", "100", "--save-every", "3",
-            "--eval-every", "0", "--no-progress"]
+            "--out", str(out), "--learning-rate", "3e-3", "--batch-size", "16", "--num-train-epochs", "100",
+            "--save-steps", "3", "--eval-steps", "0", "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-c", f"from reward_models.train import cli; cli({argv!r})"],
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -253,9 +252,10 @@ def test_resume_after_the_process_is_killed(work, tmp_path):
     saved = json.loads(state.read_text())["step"]
     assert 6 <= saved < 1500
     stop = saved + 4
-    resumed = train_reward_model(config(work, out, epochs=100, save_every=3, eval_every=0, max_steps=stop))
+    resumed = train_reward_model(config(work, out, num_train_epochs=100, save_steps=3, eval_steps=0, max_steps=stop))
     assert resumed.steps == stop and log_steps(out) == list(range(1, stop + 1))
-    fresh = train_reward_model(config(work, tmp_path / "fresh", epochs=100, save_every=3, eval_every=0, max_steps=stop))
+    fresh = train_reward_model(config(work, tmp_path / "fresh", num_train_epochs=100, save_steps=3, eval_steps=0,
+                                      max_steps=stop))
     assert fresh.steps == stop
     assert_same_scores(work, out / CHECKPOINT_DIR / "model", tmp_path / "fresh" / CHECKPOINT_DIR / "model")
 
@@ -263,9 +263,9 @@ def test_resume_after_the_process_is_killed(work, tmp_path):
 def test_resume_refuses_other_settings_and_no_resume_starts_afresh(work, tmp_path):
     out = tmp_path / "rm"
     train_reward_model(config(work, out, max_steps=2))
-    with pytest.raises(ValueError, match=r"different training \(lr: 0.003 -> 0.001\).*--no-resume"):
-        train_reward_model(config(work, out, lr=1e-3, max_steps=4))
-    result = train_reward_model(config(work, out, lr=1e-3, max_steps=1, resume=False))
+    with pytest.raises(ValueError, match=r"other settings \(--learning-rate 0.003 -> 0.001\).*--no-resume"):
+        train_reward_model(config(work, out, learning_rate=1e-3, max_steps=4))
+    result = train_reward_model(config(work, out, learning_rate=1e-3, max_steps=1, resume=False))
     assert result.steps == 1 and log_steps(out) == [1]
 
 
@@ -286,7 +286,7 @@ def test_config_is_checked():
 def test_cli(work, tmp_path, capsys):
     out = tmp_path / "rm"
     code = cli(["--model", str(work / "base"), "--data", str(work / "train.jsonl"), "--out", str(out),
-                "--val-fraction", "0.2", "--lr", "3e-3", "--batch-size", "32", "--no-progress"])
+                "--val-fraction", "0.2", "--learning-rate", "3e-3", "--batch-size", "32", "--no-progress"])
     assert code == 0
     assert "validation accuracy" in capsys.readouterr().out
     assert HFRewardModel(out).score(["", ""], ["aaaaa", "bbbbb"]).shape == (2,)
@@ -310,7 +310,7 @@ def test_hf_reward_model_batches_and_keeps_order(work, trained):
 def test_tensorboard_log_is_kept_with_the_model(work, tmp_path):
     pytest.importorskip("tensorboard", reason="--tensorboard needs the tensorboard package")
     out = tmp_path / "rm"
-    train_reward_model(config(work, out, epochs=1, tensorboard=True, eval_every=5))
+    train_reward_model(config(work, out, num_train_epochs=1, tensorboard=True, eval_steps=5))
     assert any(p.name.startswith("events.out.tfevents") for p in (out / "tb").iterdir())
 
 
@@ -322,11 +322,11 @@ def test_a_failure_after_the_last_step_loses_no_training(work, tmp_path, monkeyp
 
     out = tmp_path / "rm"
     with monkeypatch.context() as m:
-        m.setattr(train_module, "normalise_scores", broken)
+        m.setattr(train_module, "normalize_scores", broken)
         with pytest.raises(OSError, match="disk full"):
-            train_reward_model(config(work, out, epochs=1))
+            train_reward_model(config(work, out, num_train_epochs=1))
     assert json.loads((out / CHECKPOINT_DIR / "state.json").read_text())["step"] == 15
-    result = train_reward_model(config(work, out, epochs=1))  # resumes after the last step: no step redone
+    result = train_reward_model(config(work, out, num_train_epochs=1))  # resumes after the last step: no step redone
     assert result.finished and result.steps == 15 and log_steps(out) == list(range(1, 16))
     assert result.val is not None and result.val.accuracy > 0.7
     assert not (out / CHECKPOINT_DIR).exists()
@@ -335,6 +335,6 @@ def test_a_failure_after_the_last_step_loses_no_training(work, tmp_path, monkeyp
 def test_too_few_reference_samples_fail_before_training(work, tmp_path):
     reference = tmp_path / "ref.jsonl"
     reference.write_text('{"prompt": "", "response": "ab"}\n')
-    with pytest.raises(DataError, match=rf"{reference}: 1 reference sample\(s\).*--no-normalise"):
+    with pytest.raises(DataError, match=rf"{reference}: 1 reference sample\(s\).*--no-normalize"):
         train_reward_model(config(work, tmp_path / "rm", reference_data=str(reference)))
     assert not (tmp_path / "rm").exists()

@@ -11,14 +11,8 @@ import torch
 from gymnasium.vector import AutoresetMode
 from rl_helpers import count_task, tiny_lm
 
-from agents.rollout import (
-    make_rollout_env,
-    next_token_logprobs,
-    pack_sequences,
-    response_logprobs,
-    rollout,
-    sample_next_token,
-)
+from agents.rollout import make_rollout_env, next_token_logprobs, rollout, sample_next_token
+from agents.scoring import pack_sequences, response_logprobs
 from text_env import TextGenerationEnv, TextGenerationVectorEnv
 
 torch.set_num_threads(1)

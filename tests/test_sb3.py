@@ -22,9 +22,9 @@ from text_env import Task, TextGenerationEnv  # noqa: E402
 from text_env.char_tokenizer import char_tokenizer  # noqa: E402
 
 
-def vec_env(task: Task | None, n_envs: int = 2, wrapper=None):
+def vec_env(task: Task | None, num_envs: int = 2, wrapper=None):
     # render_mode=None: make_vec_env asks gym.make for "rgb_array" first, which a text env refuses.
-    return make_vec_env("RLHFText-v0", n_envs=n_envs, seed=0, env_kwargs={"task": task, "render_mode": None},
+    return make_vec_env("RLHFText-v0", n_envs=num_envs, seed=0, env_kwargs={"task": task, "render_mode": None},
                         wrapper_class=wrapper)
 
 
@@ -170,7 +170,7 @@ def test_ppo_learns_to_emit_the_rewarded_token():
     """Reward = count of 'a' among 10 tokens: from ~0.4 at random init to ~5.8 of 6 in 2048 steps (~3 s)."""
     task = Task(prompts=["ab", "c", "fed"], tokenizer=char_tokenizer("abcdef"), max_new_tokens=6,
                 max_prompt_tokens=4, reward_model=FunctionRewardModel(lambda p, r: float(r.count("a"))))
-    model = PPO(LMActorCriticPolicy, vec_env(task, n_envs=4), policy_kwargs=lm_policy_kwargs(tiny_lm(task)),
+    model = PPO(LMActorCriticPolicy, vec_env(task, num_envs=4), policy_kwargs=lm_policy_kwargs(tiny_lm(task)),
                 n_steps=32, batch_size=64, n_epochs=4, learning_rate=1e-3, gamma=1.0, seed=0)
     before = mean_score(model, task)
     model.learn(2048)
@@ -185,9 +185,61 @@ def test_default_policy_when_the_assets_are_built():
 
     try:
         default_policy_path()
-        env = vec_env(None, n_envs=1)
+        env = vec_env(None, num_envs=1)
     except FileNotFoundError as e:
         pytest.skip(f"no embedded default assets: {e}")
     model = PPO(LMActorCriticPolicy, env, n_steps=8, batch_size=8, n_epochs=1)  # no policy_kwargs: lm=None
     assert model.policy.features_extractor.n_actions == env.action_space.n
     model.learn(8)
+
+
+# ---- agents.SB3PPO: SB3 PPO with the KL wrapper as an agent like the others ------------------------
+def sb3_ppo_agent(tmp_path, **overrides):
+    from agents.sb3_ppo import SB3PPO, SB3PPOConfig
+
+    task = count_task(max_new_tokens=4)
+    if not (tmp_path / "lm").is_dir():
+        tiny_lm(task).save_pretrained(tmp_path / "lm")
+    options = dict(num_envs=2, n_steps=8, num_mini_batches=2, learning_rate=1e-3, beta=0.1,
+                   log_dir=str(tmp_path / "run"), save_steps=1)
+    options.update(overrides)
+    return SB3PPO(task, str(tmp_path / "lm"), SB3PPOConfig(**options))
+
+
+def test_sb3_ppo_agent_trains_logs_counts_and_checkpoints(tmp_path):
+    from rlhf_common.training import has_checkpoint, read_log
+
+    agent = sb3_ppo_agent(tmp_path)
+    before = torch.nn.utils.parameters_to_vector(agent.policy.parameters()).detach().clone()
+    agent.learn(32, progress_bar=False)
+    assert agent.num_timesteps == 32 and agent.num_episodes > 0 and agent.train_seconds > 0
+    assert not torch.equal(torch.nn.utils.parameters_to_vector(agent.policy.parameters()), before)
+    rows = read_log(tmp_path / "run" / "progress.csv")
+    assert [r["step"] for r in rows] == ["1", "2"] and int(rows[-1]["episodes"]) == agent.num_episodes
+    assert {"score", "kl", "response_length", "seconds"} <= set(rows[0])
+    assert has_checkpoint(agent.checkpoint_dir) and (tmp_path / "run" / "policy" / "config.json").is_file()
+    obs = TextGenerationEnv(agent.task).reset(seed=0)[0]
+    action, _ = agent.predict(obs, deterministic=True)
+    assert 0 <= int(action) < agent.task.vocab_size
+
+
+def test_sb3_ppo_agent_resumes_and_loads_its_checkpoint(tmp_path):
+    from agents.sb3_ppo import SB3PPO
+    from rlhf_common.training import read_log
+
+    first = sb3_ppo_agent(tmp_path).learn(32, progress_bar=False)
+    again = sb3_ppo_agent(tmp_path).learn(48, resume=True, progress_bar=False)  # a new process resuming the run
+    assert again.num_timesteps == 48 and again.num_episodes > first.num_episodes
+    assert again.train_seconds > first.train_seconds
+    assert [r["step"] for r in read_log(tmp_path / "run" / "progress.csv")] == ["1", "2", "3"]
+    loaded = SB3PPO.load(again.checkpoint_dir, count_task(max_new_tokens=4))
+    assert (loaded.num_timesteps, loaded.num_episodes) == (48, again.num_episodes)
+    assert torch.equal(torch.nn.utils.parameters_to_vector(loaded.policy.parameters()),
+                       torch.nn.utils.parameters_to_vector(again.policy.parameters()))
+
+
+def test_sb3_ppo_config_refuses_minibatches_that_do_not_divide_the_rollout():
+    from agents.sb3_ppo import SB3PPOConfig
+
+    with pytest.raises(ValueError, match="num_mini_batches"):
+        SB3PPOConfig(num_envs=2, n_steps=3, num_mini_batches=4)

@@ -17,19 +17,11 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 import agents.sft as sft_module
+from agents.demonstrations import IGNORE_INDEX, collate, encode_demonstration, evaluate_loss, load_demonstrations
 from agents.lm import load_causal_lm
 from agents.lora import LoraSettings
-from agents.sft import (
-    IGNORE_INDEX,
-    SFTConfig,
-    cli,
-    collate,
-    encode_demonstration,
-    evaluate_loss,
-    load_demonstrations,
-    sample_responses,
-    train_sft,
-)
+from agents.sft import SFTConfig, cli, train_sft
+from agents.sft_baseline import sample_responses
 from reward_models import FunctionRewardModel
 from rlhf_common.io import DataError
 from text_env.char_tokenizer import char_tokenizer
@@ -79,7 +71,7 @@ def config(tmp_path: Path, **overrides) -> SFTConfig:
     options = dict(
         data=str(write_demos(tmp_path / "demos.jsonl", 64)),
         out=str(tmp_path / "out"), val_fraction=0.25, batch_size=8, max_steps=40, learning_rate=3e-3,
-        eval_interval=10, log_interval=5, progress=False, patience=0,
+        eval_steps=10, logging_steps=5, progress=False, patience=0,
     )
     options.update(overrides)
     if "model" not in options:
@@ -153,7 +145,7 @@ def test_malformed_demonstrations_name_file_and_line(tmp_path, line, message):
 def test_cli_reports_bad_data_with_file_and_line(tmp_path, capsys):
     cfg = config(tmp_path)
     Path(cfg.data).write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a"}\n')
-    assert cli(["--model", cfg.model, "--data", cfg.data, "--out", cfg.out, "--no-progress"]) == 1
+    assert cli(["--model", cfg.model, "--data", cfg.data, "--out", cfg.out, "--no-progress"]) == 2
     assert "demos.jsonl:2: missing key 'response'" in capsys.readouterr().err
 
 
@@ -187,7 +179,7 @@ def test_sft_lowers_validation_loss_and_changes_parameters(tmp_path):
 
 
 def test_early_stopping_keeps_the_best_model(tmp_path):
-    cfg = config(tmp_path, learning_rate=0.3, max_steps=500, eval_interval=5, patience=2, lr_schedule="constant")
+    cfg = config(tmp_path, learning_rate=0.3, max_steps=500, eval_steps=5, patience=2, lr_scheduler_type="constant")
     result = train_sft(cfg)
     assert result.early_stopped and result.steps < 500
     assert result.steps == result.best_step + 2 * 5
@@ -201,11 +193,11 @@ def test_changed_settings_refuse_to_resume(tmp_path):
 
 
 def test_interrupted_run_resumes_from_its_last_checkpoint(tmp_path):
-    cfg = config(tmp_path, max_steps=120, eval_interval=5)
+    cfg = config(tmp_path, max_steps=120, eval_steps=5)
     args = [
         "--model", cfg.model, "--data", cfg.data, "--out", cfg.out, "--val-fraction", "0.25",
-        "--batch-size", "8", "--max-steps", "120", "--learning-rate", "0.003", "--eval-interval", "5",
-        "--log-interval", "5", "--patience", "0", "--no-progress", "--num-threads", "1",
+        "--batch-size", "8", "--max-steps", "120", "--learning-rate", "0.003", "--eval-steps", "5",
+        "--logging-steps", "5", "--patience", "0", "--no-progress", "--num-threads", "1",
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "agents.sft", *args], cwd=REPO, env=env,
@@ -330,7 +322,7 @@ def test_lora_sft_resumes_like_an_uninterrupted_run(tmp_path, monkeypatch, capfd
     # The same run from the command line (--lora maps onto the same settings) resumes and finishes.
     flags = ["--model", cfg.model, "--data", cfg.data, "--val-data", cfg.val_data, "--out", cfg.out,
              "--val-fraction", "0.25", "--batch-size", "8", "--max-steps", "30", "--learning-rate", "0.03",
-             "--eval-interval", "10", "--log-interval", "5", "--patience", "0", "--no-progress",
+             "--eval-steps", "10", "--logging-steps", "5", "--patience", "0", "--no-progress",
              "--lora", "r=8,alpha=16,target_modules=c_attn+c_proj+c_fc"]
     capfd.readouterr()
     assert cli(flags) == 0
@@ -357,11 +349,11 @@ def test_two_torchrun_ranks_take_the_one_process_steps(tmp_path):
     # 22 rows in batches of 4: each epoch ends with a 2-row batch; 7 validation rows split 4 + 3.
     cfg = config(tmp_path, model=str(model), data=str(write_demos(tmp_path / "train.jsonl", 22)),
                  val_data=str(write_demos(tmp_path / "val.jsonl", 7)), out=str(tmp_path / "one"), batch_size=4,
-                 grad_accum_steps=2, max_steps=6, eval_interval=3, log_interval=1, learning_rate=1e-2)
+                 gradient_accumulation_steps=2, max_steps=6, eval_steps=3, logging_steps=1, learning_rate=1e-2)
     one = train_sft(cfg)
     flags = ["--model", cfg.model, "--data", cfg.data, "--val-data", cfg.val_data, "--out", str(tmp_path / "two"),
-             "--batch-size", "4", "--grad-accum-steps", "2", "--max-steps", "6", "--eval-interval", "3",
-             "--log-interval", "1", "--learning-rate", "0.01", "--patience", "0", "--no-progress"]
+             "--batch-size", "4", "--gradient-accumulation-steps", "2", "--max-steps", "6", "--eval-steps", "3",
+             "--logging-steps", "1", "--learning-rate", "0.01", "--patience", "0", "--no-progress"]
     done = torchrun(2, "-m", "agents.sft", *flags)
     two = json.loads(done.stdout)  # rank 0 alone reports
 

@@ -87,7 +87,7 @@ def test_our_reward_model_loads_in_trl_and_scores_the_same(tmp_path):
     save_preferences(tmp_path / "val.jsonl", val)
     result = train_reward_model(RewardTrainConfig(
         model=str(base), data=str(tmp_path / "train.jsonl"), val_data=str(tmp_path / "val.jsonl"),
-        out=str(tmp_path / "rm"), lr=3e-3, batch_size=16, progress=False,
+        out=str(tmp_path / "rm"), learning_rate=3e-3, batch_size=16, progress=False,
     ))
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm")  # TRL's expected form
     assert model.config.num_labels == 1
@@ -98,10 +98,10 @@ def test_our_reward_model_loads_in_trl_and_scores_the_same(tmp_path):
     prompts = [c.prompt for c in val]
     assert torch.allclose(torch.from_numpy(rm.score(prompts, [c.chosen for c in val])).float(), chosen, atol=1e-5)
     assert torch.allclose(torch.from_numpy(rm.score(prompts, [c.rejected for c in val])).float(), rejected, atol=1e-5)
-    # TRL sees the normalised scores too: mean 0, std 1 on the reference (training) responses.
+    # TRL sees the normalized scores too: mean 0, std 1 on the reference (training) responses.
     reference = list(dict.fromkeys(r for c in train for r in (c.chosen, c.rejected)))
     s = HFRewardModel.from_model(model, tok).score([""] * len(reference), reference)
-    assert result.normalisation.output_offset == 0.0
+    assert result.normalization.output_offset == 0.0
     assert abs(s.mean()) < 1e-3 and abs(s.std() - 1) < 1e-3
     accuracy = evaluate_preferences(rm, val).accuracy
     assert trainer.evaluate()["eval_accuracy"] == pytest.approx(accuracy, abs=1 / len(val))

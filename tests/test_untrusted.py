@@ -28,8 +28,8 @@ from agents import PPOKL, PPOKLConfig
 from agents.lm import load_causal_lm, load_policy
 from agents.sft import SFTConfig, train_sft
 from reward_models.hf import UnsafeCheckpointError, load_tokenizer
-from reward_models.hf_model import HFRewardModel
-from reward_models.train import CHECKPOINT_DIR, RewardTrainConfig, load_reward_backbone, train_reward_model
+from reward_models.hf_model import HFRewardModel, load_reward_backbone
+from reward_models.train import CHECKPOINT_DIR, RewardTrainConfig, train_reward_model
 from text_env.char_tokenizer import char_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,7 +126,7 @@ def test_reward_training_refuses_a_pickled_base_model_and_a_pickled_optimizer_st
     config = RewardTrainConfig(model=str(tmp_path / "base"), data=str(data), out=str(tmp_path / "rm"), batch_size=2,
                                max_steps=1, val_fraction=0, progress=False)
     assert not train_reward_model(config).finished  # stopped at max_steps with a checkpoint
-    optimizer_file = tmp_path / "rm" / CHECKPOINT_DIR / "optimizer.pt"
+    optimizer_file = tmp_path / "rm" / CHECKPOINT_DIR / "trainer_state.pt"
     torch.save({"optimizer": Payload(marker)}, optimizer_file)
     with pytest.raises(UnsafeCheckpointError, match=rf"^{optimizer_file}: refused to load"):
         train_reward_model(RewardTrainConfig(**{**config.__dict__, "max_steps": 2}))
@@ -139,11 +139,11 @@ def test_sft_resume_refuses_a_pickled_optimizer_state(tmp_path, marker):
     data = tmp_path / "demos.jsonl"
     data.write_text("".join(json.dumps({"prompt": "a", "response": "b" * i}) + "\n" for i in range(1, 9)))
     config = SFTConfig(model=str(tmp_path / "base"), data=str(data), out=str(tmp_path / "out"), val_fraction=0.25,
-                       batch_size=2, max_steps=4, eval_interval=2, progress=False)
+                       batch_size=2, max_steps=4, eval_steps=2, progress=False)
     checkpoint = Path(config.out) / "checkpoint"  # what a killed run leaves, with a planted optimizer state
     checkpoint.mkdir(parents=True)
     save_model(gpt2(), str(checkpoint / "model.safetensors"))
-    torch.save(Payload(marker), checkpoint / "optimizer.pt")
+    torch.save({"optimizer": Payload(marker)}, checkpoint / "trainer_state.pt")
     state = {"step": 2, "best_val": 1.0, "best_step": 2, "bad_evals": 0,
              "config": {f.name: getattr(config, f.name) for f in fields(config)}}
     (checkpoint / "state.json").write_text(json.dumps(state))
@@ -154,7 +154,7 @@ def test_sft_resume_refuses_a_pickled_optimizer_state(tmp_path, marker):
 
 def test_agent_checkpoint_with_a_pickled_trainer_state_is_refused(tmp_path, marker):
     task = count_task()
-    agent = PPOKL(task, tiny_lm(task), PPOKLConfig(batch_size=4, num_minibatches=2, log_dir=str(tmp_path / "run")))
+    agent = PPOKL(task, tiny_lm(task), PPOKLConfig(batch_size=4, num_mini_batches=2, log_dir=str(tmp_path / "run")))
     agent.save(tmp_path / "saved")
     torch.save({"generator": Payload(marker)}, tmp_path / "saved" / "trainer_state.pt")
     with pytest.raises(Exception, match="Weights only load failed|refused to load"):
@@ -226,7 +226,7 @@ def test_ppo_critic_folder_code_does_not_run(tmp_path, marker, monkeypatch):
     asked = []
     monkeypatch.setattr(builtins, "input", lambda prompt="": asked.append(prompt) or "y")  # a user who says yes
     task = count_task()
-    config = PPOKLConfig(batch_size=4, num_minibatches=2, value_head="critic", critic_path=str(folder),
+    config = PPOKLConfig(batch_size=4, num_mini_batches=2, value_head="critic", critic_path=str(folder),
                          log_dir=str(tmp_path / "run"))
     with pytest.raises(ValueError, match="trust_remote_code"):
         PPOKL(task, tiny_lm(task), config)

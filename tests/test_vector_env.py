@@ -119,3 +119,28 @@ def test_vector_env_rejects_bad_actions():
         env.step(np.array([1, 2]))
     with pytest.raises(ValueError, match="outside the vocabulary"):
         env.step(np.array([1, 2, task.vocab_size]))
+
+
+def test_masked_action_names_the_sub_env_and_changes_nothing():
+    env = TextGenerationVectorEnv(TASK_WITH_MASK, num_envs=3)
+    obs, _ = env.reset(seed=0)
+    e = TASK_WITH_MASK.tokenizer.convert_tokens_to_ids("e")  # masked until the response has an 'a'
+    a = TASK_WITH_MASK.tokenizer.convert_tokens_to_ids("a")
+    with pytest.raises(ValueError, match=r"action \d+ of sub-env 2 is masked out"):
+        env.step(np.array([a, a, e]))
+    np.testing.assert_array_equal(env.step(np.array([a, a, a]))[0]["input_ids"][:, :-1], obs["input_ids"][:, 1:])
+
+
+def test_render_shows_each_sub_env_like_a_single_env():
+    task = make_task()
+    native = TextGenerationVectorEnv(task, num_envs=3, render_mode="ansi")
+    singles = [gym.make("RLHFText-v0", task=task, render_mode="ansi") for _ in range(3)]
+    native.reset(seed=5)
+    for i, env in enumerate(singles):
+        env.reset(seed=5 + i)
+    for action in (4, 5):
+        native.step(np.full(3, action))
+        for env in singles:
+            env.step(action)
+    assert native.render() == tuple(env.render() for env in singles)
+    assert TextGenerationVectorEnv(task, num_envs=2).render() is None

@@ -1,7 +1,7 @@
 """The embedded default task behind ``gym.make("RLHFText-v0")``, and where its assets live.
 
 The assets (``text_env/assets/default/``) are built from scratch, seeded, by
-``rlhf-gym build-defaults`` (``rlhf_gym.build_defaults``); ``MODEL_CARD.md`` there
+``rlhf-gym build-defaults`` (``rlhf_gym.build.defaults``); ``MODEL_CARD.md`` there
 records the data, steps and metrics. Nothing here downloads anything.
 """
 
@@ -62,7 +62,7 @@ def default_reward_model() -> RewardModel:
     """The shipped reward model, loaded once per process and shared by every default env.
 
     Trained by ``rlhf-gym build-defaults`` on simulated rankings of SFT samples (the
-    labeler prefers upbeat, finished, non-repetitive text); its scores are normalised
+    labeler prefers upbeat, finished, non-repetitive text); its scores are normalized
     to mean 0, std 1 on SFT samples.
     """
     from reward_models import HFRewardModel

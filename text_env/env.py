@@ -6,9 +6,12 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from gymnasium import spaces
 
+from text_env.episode import EpisodeBatch, task_spaces
 from text_env.task import Task
+
+_ROW = np.zeros(1, dtype=np.intp)
+"""The one row of this env's :class:`EpisodeBatch`."""
 
 
 class TextGenerationEnv(gym.Env):
@@ -58,37 +61,15 @@ class TextGenerationEnv(gym.Env):
             raise ValueError(f"render_mode={render_mode!r} is not supported; use None or 'ansi'.")
         self.task = task
         self.render_mode = render_mode
-        vocab, window = task.vocab_size, task.window
-        self.action_space = spaces.Discrete(vocab)
-        self.observation_space = spaces.Dict(
-            {
-                "input_ids": spaces.Box(0, vocab - 1, (window,), np.int64),
-                "attention_mask": spaces.Box(0, 1, (window,), np.int64),
-            }
-        )
-        self.prompt: str | None = None
-        self.prompt_ids: list[int] = []
-        self.response_ids: list[int] = []
-        self._mask: np.ndarray | None = None
-        self._done = True
+        self.observation_space, self.action_space = task_spaces(task)
+        self._episode = EpisodeBatch(task, 1)  # this env is the one-row case of the shared step logic
 
     def step(self, action: Any) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         """Append one token; score the response if it just ended."""
-        if self._done:
+        if self._episode.done[0]:
             raise RuntimeError("step() called on a finished episode; call reset() first.")
-        token = self.task.check_action(action)
-        if self._mask is not None and self.task.enforce_action_mask and not self._mask[token]:
-            raise ValueError(f"action {token} is masked out at this step; choose one where info['action_mask'] is 1.")
-        self.response_ids.append(token)
-
-        reason = self.task.end_reason(self.response_ids)
-        reward, info = 0.0, {}
-        if reason is not None:
-            self._done = True
-            rewards, infos = self.task.finish([self.prompt], [self.response_ids], [reason])
-            reward, info = float(rewards[0]), infos[0]
-        self._update_mask(info)
-        return self._obs(), reward, reason is not None, False, info
+        rewards, terminated, infos = self._episode.step(_ROW, [action])
+        return self._episode.obs(0), float(rewards[0]), bool(terminated[0]), False, infos[0]
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -96,21 +77,17 @@ class TextGenerationEnv(gym.Env):
         """Start a response to a new prompt (or to ``options["prompt"]``)."""
         super().reset(seed=seed)
         if options and "prompt" in options:
-            self.prompt = options["prompt"]
+            prompt = options["prompt"]
         else:
-            self.prompt = self.task.sample_prompt(self.np_random)
-        self.prompt_ids = self.task.encode_prompt(self.prompt)
-        self.response_ids = []
-        self._done = False
-        info: dict[str, Any] = {"prompt": self.prompt}
-        self._update_mask(info)
-        return self._obs(), info
+            prompt = self.task.sample_prompt(self.np_random)
+        info = self._episode.start(0, prompt)
+        return self._episode.obs(0), info
 
     def render(self) -> str | None:
         """The prompt and the response so far as text (``render_mode="ansi"``)."""
         if self.render_mode != "ansi":
             return None
-        return f"{self.prompt}{self.task.response_text(self.response_ids)}"
+        return self._episode.text(0)
 
     def close(self) -> None:
         """Release the task's resources (e.g. the chess critic's engine process)."""
@@ -118,22 +95,9 @@ class TextGenerationEnv(gym.Env):
 
     def action_masks(self) -> np.ndarray:
         """Allowed next tokens as a bool array (sb3-contrib's MaskablePPO calls this)."""
-        if self._mask is None:
-            return np.ones(self.task.vocab_size, dtype=bool)
-        return self._mask.astype(bool)
+        return self._episode.allowed()[0]
 
-    def _update_mask(self, info: dict[str, Any]) -> None:
-        if self.task.action_mask is None or self._done:
-            self._mask = None
-            return
-        self._mask = self.task.mask(self.prompt, self.response_ids)
-        info["action_mask"] = self._mask
-
-    def _obs(self) -> dict[str, np.ndarray]:
-        tokens = self.prompt_ids + self.response_ids
-        window = self.task.window
-        input_ids = np.full(window, self.task.pad_token_id, dtype=np.int64)
-        attention_mask = np.zeros(window, dtype=np.int64)
-        input_ids[window - len(tokens) :] = tokens
-        attention_mask[window - len(tokens) :] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask}
+    @property
+    def prompt(self) -> str | None:
+        """The current episode's prompt (None before the first reset)."""
+        return self._episode.prompts[0]

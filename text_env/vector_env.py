@@ -1,8 +1,9 @@
 """TextGenerationVectorEnv: a native batch of text episodes, scored in one reward-model call.
 
 It behaves exactly like ``SyncVectorEnv`` over :class:`TextGenerationEnv` copies (the
-tests check this step by step) but keeps the batch in two ``(num_envs, W)`` arrays and
-scores every episode that ends on a step together, which is what fast rollouts need.
+tests check this step by step): both step the same :class:`~text_env.episode.EpisodeBatch`,
+here with ``num_envs`` rows in two ``(num_envs, W)`` arrays, so every episode that ends
+on a step is scored together, which is what fast rollouts need.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from text_env.env import TextGenerationEnv
+from text_env.episode import EpisodeBatch, task_spaces
 from text_env.task import Task
 
 
@@ -57,22 +58,12 @@ class TextGenerationVectorEnv(VectorEnv):
         self.autoreset_mode = AutoresetMode(autoreset_mode)
         self.metadata = {**self.metadata, "autoreset_mode": self.autoreset_mode}
 
-        single = TextGenerationEnv(task)  # only for its spaces
-        self.single_observation_space = single.observation_space
-        self.single_action_space = single.action_space
+        self.single_observation_space, self.single_action_space = task_spaces(task)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
-
-        window = task.window
-        self.input_ids = np.full((num_envs, window), task.pad_token_id, dtype=np.int64)
-        self.attention_mask = np.zeros((num_envs, window), dtype=np.int64)
-        self.prompts: list[str | None] = [None] * num_envs
-        self.response_ids: list[list[int]] = [[] for _ in range(num_envs)]
-        self.done = np.ones(num_envs, dtype=bool)  # episode over: frozen or due for autoreset
+        self._episodes = EpisodeBatch(task, num_envs, name_rows=True)
         self._rngs: list[np.random.Generator | None] = [None] * num_envs
-        self._masks: np.ndarray | None = None
 
-    # ---- Gymnasium API --------------------------------------------------------------
     def reset(
         self,
         *,
@@ -96,7 +87,7 @@ class TextGenerationVectorEnv(VectorEnv):
             if seeds[i] is not None or self._rngs[i] is None:
                 self._rngs[i], _ = seeding.np_random(seeds[i])
             infos = self._add_info(infos, self._reset_one(i, options), i)
-        return self._obs(), infos
+        return self._episodes.obs(), infos
 
     def step(
         self, actions: Any
@@ -110,63 +101,26 @@ class TextGenerationVectorEnv(VectorEnv):
         truncated = np.zeros(self.num_envs, dtype=bool)
         infos: dict[str, Any] = {}
 
-        stepping = ~self.done
+        stepping = np.flatnonzero(~self.done)  # (b,) the sub-envs whose episode runs
         if self.autoreset_mode == AutoresetMode.NEXT_STEP:
             for i in np.flatnonzero(self.done):
                 infos = self._add_info(infos, self._reset_one(i, {}), i)
         elif self.autoreset_mode == AutoresetMode.DISABLED:
             terminated[self.done] = True
 
-        idx = np.flatnonzero(stepping)
-        tokens = [self.task.check_action(a) for a in actions[idx]]
-        if self._masks is not None and self.task.enforce_action_mask:
-            for i, t in zip(idx, tokens, strict=True):
-                if not self._masks[i, t]:
-                    raise ValueError(f"action {t} of sub-env {i} is masked out at this step.")
-        # Shift the right-aligned window one slot left and write the new token last.
-        self.input_ids[idx, :-1] = self.input_ids[idx, 1:]
-        self.attention_mask[idx, :-1] = self.attention_mask[idx, 1:]
-        self.input_ids[idx, -1] = tokens
-        self.attention_mask[idx, -1] = 1
-
-        ended, reasons, step_infos = [], [], {}
-        for i, t in zip(idx, tokens, strict=True):
-            self.response_ids[i].append(t)
-            reason = self.task.end_reason(self.response_ids[i])
-            if reason is not None:
-                ended.append(i)
-                reasons.append(reason)
-            step_infos[i] = {}
-        if ended:
-            final_rewards, final_infos = self.task.finish(
-                [self.prompts[i] for i in ended], [self.response_ids[i] for i in ended], reasons
-            )
-            rewards[ended] = final_rewards
-            terminated[ended] = True
-            self.done[ended] = True
-            if self._masks is not None:
-                self._masks[ended] = 1  # nothing is masked once an episode is over
-            step_infos.update(zip(ended, final_infos, strict=True))
-
-        for i in idx:
-            info = step_infos[i]
-            if self.task.action_mask is not None and not self.done[i]:
-                info["action_mask"] = self._masks[i] = self.task.mask(self.prompts[i], self.response_ids[i])
+        rewards[stepping], terminated[stepping], step_infos = self._episodes.step(stepping, actions[stepping])
+        for i, info in zip(stepping, step_infos, strict=True):
             if self.autoreset_mode == AutoresetMode.SAME_STEP and self.done[i]:
-                infos = self._add_info(
-                    infos, {"final_obs": self._obs_row(i), "final_info": info}, i
-                )
+                infos = self._add_info(infos, {"final_obs": self._episodes.obs(i), "final_info": info}, i)
                 info = self._reset_one(i, {})
             infos = self._add_info(infos, info, i)
-        return self._obs(), rewards, terminated, truncated, infos
+        return self._episodes.obs(), rewards, terminated, truncated, infos
 
     def render(self) -> tuple[str, ...] | None:
         """Each sub-env's prompt and response so far (``render_mode="ansi"``)."""
         if self.render_mode != "ansi":
             return None
-        return tuple(
-            f"{p}{self.task.response_text(r)}" for p, r in zip(self.prompts, self.response_ids, strict=True)
-        )
+        return tuple(self._episodes.text(i) for i in range(self.num_envs))
 
     def close_extras(self, **kwargs: Any) -> None:
         """Release the task's resources (e.g. the chess critic's engine process)."""
@@ -174,11 +128,13 @@ class TextGenerationVectorEnv(VectorEnv):
 
     def action_masks(self) -> np.ndarray:
         """Allowed next tokens, bool ``(num_envs, vocab_size)``; all True without a mask rule."""
-        if self._masks is None:
-            return np.ones((self.num_envs, self.task.vocab_size), dtype=bool)
-        return self._masks.astype(bool)
+        return self._episodes.allowed()
 
-    # ---- helpers --------------------------------------------------------------------
+    @property
+    def done(self) -> np.ndarray:
+        """``(num_envs,)`` bool: the sub-env's episode is over (frozen, or due for autoreset)."""
+        return self._episodes.done
+
     def _seed_list(self, seed: int | list[int | None] | None) -> list[int | None]:
         if seed is None:
             return [None] * self.num_envs
@@ -190,24 +146,4 @@ class TextGenerationVectorEnv(VectorEnv):
 
     def _reset_one(self, i: int, options: dict[str, Any]) -> dict[str, Any]:
         prompt = options["prompt"] if "prompt" in options else self.task.sample_prompt(self._rngs[i])
-        ids = self.task.encode_prompt(prompt)
-        self.prompts[i] = prompt
-        self.response_ids[i] = []
-        self.done[i] = False
-        self.input_ids[i] = self.task.pad_token_id
-        self.attention_mask[i] = 0
-        self.input_ids[i, -len(ids) :] = ids
-        self.attention_mask[i, -len(ids) :] = 1
-        info: dict[str, Any] = {"prompt": prompt}
-        if self.task.action_mask is not None:
-            if self._masks is None:
-                self._masks = np.ones((self.num_envs, self.task.vocab_size), dtype=np.int8)
-            info["action_mask"] = self._masks[i] = self.task.mask(prompt, [])
-        return info
-
-    def _obs_row(self, i: int) -> dict[str, np.ndarray]:
-        return {"input_ids": self.input_ids[i].copy(), "attention_mask": self.attention_mask[i].copy()}
-
-    def _obs(self) -> dict[str, np.ndarray]:
-        return {"input_ids": self.input_ids.copy(), "attention_mask": self.attention_mask.copy()}
-
+        return self._episodes.start(i, prompt)

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
+from text_env.observation import next_token_logits
+
 __all__ = ["KLRewardWrapper"]
 
 
@@ -37,8 +39,9 @@ class KLRewardWrapper(gym.Wrapper):
       ``H(pi) ~ H(pi_ref)`` (small KL).
 
     ``log pi_ref(a|s)`` is computed from the observation before the step by a frozen
-    reference model (``eval()``, no gradient), normalised over the action space (the
-    model's logits are sliced to ``action_space.n``, as the SB3 adapter does) and, when
+    reference model (``eval()``, no gradient) with :func:`text_env.observation.next_token_logits`,
+    as every policy reading the observation does: normalized over the action space (the
+    model's logits are sliced to ``action_space.n``) and, when
     the env gives ``info["action_mask"]``, over the allowed tokens, so that the
     reference is the distribution the masked env lets a policy sample.
 
@@ -148,19 +151,24 @@ class KLRewardWrapper(gym.Wrapper):
             and np.array_equal(tokens[:-1], self._tokens)
         )
         new = tokens[-1:] if grown else tokens  # (N,) tokens the reference has not seen
-        out = self.ref_model(
-            input_ids=torch.as_tensor(new, device=self.device)[None],  # (1, N)
+        mask = info.get("action_mask")
+        allowed = None if mask is None else torch.as_tensor(mask, device=self.device)[None] != 0  # (1, A)
+        logits, out = next_token_logits(
+            self.ref_model,
+            torch.as_tensor(new, device=self.device)[None],  # (1, N)
             # All ones, cache included: the agent may emit the pad token, and it is real text here.
-            attention_mask=torch.ones(1, len(tokens), dtype=torch.long, device=self.device),  # (1, T)
+            torch.ones(1, len(tokens), dtype=torch.long, device=self.device),  # (1, T)
+            self.n_actions,  # the model's vocabulary sliced to the action space
             past_key_values=self._past if grown else None,
+            action_mask=allowed,
             use_cache=self.use_cache,
         )
         self._past = out.past_key_values if self.use_cache else None
         self._tokens = tokens
-        logits = out.logits[0, -1, : self.n_actions].float()  # (A,) model vocabulary sliced to the action space
-        mask = info.get("action_mask")
-        if mask is not None:
-            logits = logits.masked_fill(torch.as_tensor(mask, device=self.device) == 0, -math.inf)  # (A,)
-        self._logprobs = torch.log_softmax(logits, dim=-1).cpu()  # (A,)
+        logprobs = torch.log_softmax(logits[0], dim=-1)  # (A,)
+        if allowed is not None:
+            # log 0 = -inf exactly for a disallowed token: a task with enforce_action_mask=False lets one be taken.
+            logprobs = logprobs.masked_fill(~allowed[0], -math.inf)
+        self._logprobs = logprobs.cpu()  # (A,)
         if self.center:
             self._entropy = float(torch.distributions.Categorical(logits=self._logprobs).entropy())

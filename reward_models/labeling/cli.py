@@ -20,13 +20,13 @@ from pathlib import Path
 from reward_models.labeling.agreement import AgreementReport
 from reward_models.labeling.server import LabelingServer
 from reward_models.labeling.store import MODES, LabelStore
-from rlhf_common.io import DataError
+from rlhf_common.config_cli import run_command
 
 TOKEN_ENV = "RLHF_GYM_LABEL_TOKEN"
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """Run one labeling subcommand; return the exit code (0 ok, 1 bad input, 2 bad usage)."""
+    """Run one labeling subcommand; the exit code follows :func:`~rlhf_common.config_cli.run_command`."""
     parser = argparse.ArgumentParser(
         prog="python -m reward_models.labeling",
         description="Label model responses in the browser; export preferences for reward-model training.",
@@ -61,24 +61,22 @@ def cli(argv: list[str] | None = None) -> int:
     agreement.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     args = parser.parse_args(argv)
-    try:
-        if args.command == "serve":
-            return _serve(args)
-        with LabelStore(args.db, create=False) as store:
-            if args.command == "export":
-                n, mode = store.export_jsonl(args.out), store.mode()
-                print(f"wrote {n} preference rows to {args.out} ({f'{mode} mode' if mode else 'no labels yet'})")
-            elif args.json:
-                print(json.dumps(store.agreement().to_dict(), indent=2))
-            else:
-                print(format_agreement(store.agreement()))
-        return 0
-    except (DataError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return run_command("rlhf-gym label", lambda: _serve(args) if args.command == "serve" else _read(args))
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _read(args: argparse.Namespace) -> None:
+    """``export`` and ``agreement``: read an existing database."""
+    with LabelStore(args.db, create=False) as store:
+        if args.command == "export":
+            n, mode = store.export_jsonl(args.out), store.mode()
+            print(f"wrote {n} preference rows to {args.out} ({f'{mode} mode' if mode else 'no labels yet'})")
+        elif args.json:
+            print(json.dumps(store.agreement().to_dict(), indent=2))
+        else:
+            print(format_agreement(store.agreement()))
+
+
+def _serve(args: argparse.Namespace) -> None:
     with LabelStore(args.db) as store:
         if args.items is not None:
             result = store.import_items(args.items)
@@ -93,12 +91,10 @@ def _serve(args: argparse.Namespace) -> int:
         try:
             server = LabelingServer(store, mode, args.host, args.port, args.token)
         except OSError as e:
-            print(
-                f"error: cannot listen on {args.host}:{args.port} ({e.strerror}); pass "
-                "--port 0 for a free port or another --host.",
-                file=sys.stderr,
-            )
-            return 1
+            raise OSError(
+                f"cannot listen on {args.host}:{args.port} ({e.strerror}); pass --port 0 for a free port or "
+                "another --host."
+            ) from e
         if not server.loopback:
             print(
                 f"warning: --host {args.host} is reachable from other machines; anyone who can "
@@ -123,7 +119,6 @@ def _serve(args: argparse.Namespace) -> int:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
     print(f"stopped; every submitted label is in {args.db}", flush=True)
-    return 0
 
 
 def format_agreement(report: AgreementReport) -> str:

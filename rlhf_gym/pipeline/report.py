@@ -1,7 +1,7 @@
 """The report of a pipeline run: ``report.md``, PNG plots and CSV tables, from the run's own files.
 
-:class:`RunLayout` names every file a run directory holds; ``rlhf_gym.pipeline`` writes
-them stage by stage and :func:`write_report` reads them back, so the report can be
+:class:`~rlhf_gym.pipeline.layout.RunLayout` names every file a run directory holds; the
+pipeline writes them stage by stage and :func:`write_report` reads them back, so the report can be
 re-rendered at any time (``rlhf-gym report --out DIR``), also from a partial run.
 
 Plots (matplotlib, Agg backend):
@@ -23,97 +23,30 @@ import math
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agents.best_of_n import matched_best_of_n
+from agents.registry import AGENTS, get_agent
+from rlhf_common.config_cli import run_command
 from rlhf_common.io import atomic_path
+from rlhf_common.training import read_log
+from rlhf_gym.pipeline.layout import RunLayout
 
-__all__ = ["AGENT_LABELS", "RunLayout", "load_curves", "write_report"]
+__all__ = ["format_table", "load_curves", "summary_rows", "write_report"]
 
-AGENT_LABELS = {"ppo_kl": "PPOKL", "rloo": "RLOO", "sb3_ppo": "SB3 PPO + KL wrapper"}
-"""Display names of the pipeline's agents."""
-_COLORS = {"ppo_kl": "tab:red", "rloo": "tab:green", "sb3_ppo": "tab:purple", "best_of_n": "tab:blue"}
+BEST_OF_N_COLOR = "tab:blue"
+"""The best-of-n curve's colour in the plots."""
 
 
-@dataclass(frozen=True)
-class RunLayout:
-    """Where each stage of a pipeline run keeps its output, under ``root``."""
+def _label(name: str) -> str:
+    """An agent's display name (``agents.registry``)."""
+    return get_agent(name).label
 
-    root: Path
 
-    @property
-    def config(self) -> Path:
-        """The run's :class:`~rlhf_gym.pipeline.PipelineConfig`, to refuse resuming with other settings."""
-        return self.root / "config.json"
-
-    @property
-    def setup(self) -> Path:
-        """Step 0: which policy, tokenizer, prompts and reward model the run uses."""
-        return self.root / "step0_setup.json"
-
-    @property
-    def assets(self) -> Path:
-        """Step 0 with ``--from-scratch``: the rebuilt default assets."""
-        return self.root / "step0_assets"
-
-    @property
-    def sft(self) -> Path:
-        """Step 1: the SFT policy's metrics."""
-        return self.root / "step1_sft.json"
-
-    @property
-    def reference_samples(self) -> Path:
-        """Step 1: K samples of the SFT policy per evaluation prompt (collection JSONL, with gold scores)."""
-        return self.root / "step1_reference_samples.jsonl"
-
-    @property
-    def reward_model(self) -> Path:
-        """Step 2: the reward model's source and held-out accuracy against its ceiling."""
-        return self.root / "step2_reward_model.json"
-
-    @property
-    def feedback(self) -> Path:
-        """Step 2 with ``--train-reward-model``: samples, labels and the trained reward model."""
-        return self.root / "step2_feedback"
-
-    @property
-    def best_of_n(self) -> Path:
-        """Step 3: best-of-n from the SFT policy on the evaluation prompts, n = 1..max_n."""
-        return self.root / "step3_best_of_n.json"
-
-    def agent_dir(self, name: str) -> Path:
-        """Step 3: an agent's log dir (``progress.csv``, TensorBoard events, checkpoint)."""
-        return self.root / "step3_agents" / name
-
-    def agent_eval(self, name: str) -> Path:
-        """Step 3: an agent's held-out evaluation, written once it has finished training."""
-        return self.agent_dir(name) / "eval.json"
-
-    @property
-    def summary_csv(self) -> Path:
-        """One row per policy: gold, proxy, KL, length, training cost."""
-        return self.root / "summary.csv"
-
-    @property
-    def curves_csv(self) -> Path:
-        """Every agent's training curve in one table."""
-        return self.root / "training_curves.csv"
-
-    @property
-    def best_of_n_csv(self) -> Path:
-        """The best-of-n curve."""
-        return self.root / "best_of_n.csv"
-
-    @property
-    def report(self) -> Path:
-        """The Markdown report."""
-        return self.root / "report.md"
-
-    def png(self, name: str) -> Path:
-        """A plot of the report."""
-        return self.root / f"{name}.png"
+def _color(name: str) -> str:
+    """An agent's plot colour: its registry entry's, else one of matplotlib's default cycle."""
+    return get_agent(name).color or f"C{list(AGENTS).index(name) % 10}"
 
 
 def _read_json(path: Path) -> Any:
@@ -124,11 +57,7 @@ def load_curves(layout: RunLayout, agents: Sequence[str]) -> dict[str, list[dict
     """Each finished-or-running agent's training rows: ``episodes``, ``score``, ``gold_score``, ``kl``."""
     curves = {}
     for name in agents:
-        path = layout.agent_dir(name) / "progress.csv"
-        if not path.is_file():
-            continue
-        with path.open(newline="") as f:
-            rows = list(csv.DictReader(f))
+        rows = read_log(layout.agent_dir(name) / "progress.csv")
         if not rows:
             continue
         batch = _read_json(layout.config)["batch_size"] if layout.config.is_file() else None
@@ -172,8 +101,8 @@ def _plot_training(layout: RunLayout, curves: dict[str, list[dict[str, float]]],
         for name, rows in curves.items():
             x = [r["episodes"] for r in rows]
             y = [r[key] for r in rows]
-            ax.plot(x, y, color=_COLORS[name], alpha=0.25, linewidth=1)
-            ax.plot(x, _ema(y), color=_COLORS[name], linewidth=2, marker="o", markersize=3, label=AGENT_LABELS[name])
+            ax.plot(x, y, color=_color(name), alpha=0.25, linewidth=1)
+            ax.plot(x, _ema(y), color=_color(name), linewidth=2, marker="o", markersize=3, label=_label(name))
         if reference is not None:
             ax.axhline(reference["proxy" if key == "score" else "gold"], color="black", linestyle="--",
                        linewidth=1, label="SFT reference (held-out)")
@@ -196,20 +125,19 @@ def _plot_frontier(layout: RunLayout, curves: dict[str, list[dict[str, float]]],
     for ax, key, ylabel in ((axes[0], "gold", "gold score"), (axes[1], "proxy", "proxy score (reward model)")):
         if bon is not None:
             line = bon.get("dense", bon["curve"])  # every n when measured, else powers of two
-            ax.plot([r["kl"] for r in line], [r[key] for r in line], "-", color=_COLORS["best_of_n"], linewidth=2,
+            ax.plot([r["kl"] for r in line], [r[key] for r in line], "-", color=BEST_OF_N_COLOR, linewidth=2,
                     label="best-of-n from the SFT policy (held-out)")
-            ax.plot([r["kl"] for r in bon["curve"]], [r[key] for r in bon["curve"]], "o", color=_COLORS["best_of_n"])
+            ax.plot([r["kl"] for r in bon["curve"]], [r[key] for r in bon["curve"]], "o", color=BEST_OF_N_COLOR)
             for r in bon["curve"]:
                 ax.annotate(f"n={r['n']}", (r["kl"], r[key]), textcoords="offset points", xytext=(4, -12), fontsize=8,
-                            color=_COLORS["best_of_n"])
+                            color=BEST_OF_N_COLOR)
         for name, rows in curves.items():
             train_key = "gold_score" if key == "gold" else "score"
-            ax.plot(_ema([r["kl"] for r in rows]), _ema([r[train_key] for r in rows]), color=_COLORS[name],
-                    alpha=0.45, linewidth=1.5, marker=".",
-                    label=f"{AGENT_LABELS[name]}: training path (moving average)")
+            ax.plot(_ema([r["kl"] for r in rows]), _ema([r[train_key] for r in rows]), color=_color(name),
+                    alpha=0.45, linewidth=1.5, marker=".", label=f"{_label(name)}: training path (moving average)")
         for name, ev in evals.items():
-            ax.plot([ev["kl"]], [ev[key]], marker="*", markersize=16, color=_COLORS[name], markeredgecolor="black",
-                    linestyle="none", label=f"{AGENT_LABELS[name]}: final policy (held-out)")
+            ax.plot([ev["kl"]], [ev[key]], marker="*", markersize=16, color=_color(name), markeredgecolor="black",
+                    linestyle="none", label=f"{_label(name)}: final policy (held-out)")
         ax.set_xlabel("KL(policy || SFT reference), nats per response")
         ax.set_ylabel(ylabel)
         ax.set_title(f"{ylabel.capitalize().split(' (')[0]} against KL")
@@ -279,7 +207,7 @@ def summary_rows(layout: RunLayout, agents: Sequence[str]) -> list[dict[str, Any
         ev = _read_json(layout.agent_eval(name))
         if ev is None:
             continue
-        row = {"policy": AGENT_LABELS[name], "gold": ev["gold"], "proxy": ev["proxy"], "kl": ev["kl"],
+        row = {"policy": _label(name), "gold": ev["gold"], "proxy": ev["proxy"], "kl": ev["kl"],
                "response_length": ev["response_length"], "train_episodes": ev["train_episodes"],
                "train_seconds": ev["train_seconds"], "eval_episodes": ev["episodes"],
                "bon_n": None, "bon_gold": None, "gain_ratio": None}
@@ -332,17 +260,21 @@ def _samples_section(bon: dict | None, evals: dict[str, dict]) -> list[str]:
         for name, ev in evals.items():
             if i < len(ev["samples"]):
                 s = ev["samples"][i]
-                out.append(f"| {AGENT_LABELS[name]} | {_md(s['response'])} | {s['gold']:+.2f} |")
+                out.append(f"| {_label(name)} | {_md(s['response'])} | {s['gold']:+.2f} |")
         out.append("")
     return out
 
 
-def write_report(root: str | os.PathLike[str], agents: Sequence[str] = tuple(AGENT_LABELS)) -> Path:
-    """Write ``report.md``, the PNGs and the CSV tables from what the run in ``root`` has finished."""
+def write_report(root: str | os.PathLike[str], agents: Sequence[str] | None = None) -> Path:
+    """Write ``report.md``, the PNGs and the CSV tables from what the run in ``root`` has finished.
+
+    ``agents``: whose results to include; default: every registered agent the run has results of.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     layout = RunLayout(Path(root))
+    agents = list(AGENTS) if agents is None else agents
     setup, sft, rm = _read_json(layout.setup), _read_json(layout.sft), _read_json(layout.reward_model)
     bon = _read_json(layout.best_of_n)
     evals = {name: ev for name in agents if (ev := _read_json(layout.agent_eval(name))) is not None}
@@ -371,7 +303,8 @@ def write_report(root: str | os.PathLike[str], agents: Sequence[str] = tuple(AGE
         if card:
             md.append(f"- from the model card: SFT validation loss {card['val_loss']:.3f} nats/token "
                       f"(perplexity {card['val_perplexity']:.1f}) after {card['steps']} steps")
-        md += [f"- measured on {sft['samples']} samples ({sft['prompts']} evaluation prompts x {sft['k']}): "
+        md += [f"- measured on {sft['samples']} samples ({sft['prompts']} evaluation prompts x "
+               f"{sft['num_generations']}): "
                f"gold score {sft['gold']:+.3f} (std {sft['gold_std']:.3f}), length {sft['response_length']:.1f} "
                f"tokens, {100 * sft['eos_fraction']:.0f}% ended by EOS",
                f"- gold scorer (the true objective, never the reward): `{sft['gold_scorer']}`", ""]
@@ -396,7 +329,7 @@ def write_report(root: str | os.PathLike[str], agents: Sequence[str] = tuple(AGE
                                                          ("best-of-n", bon), *evals.items()) if data]
     if times:
         md += ["Stage times (seconds, training plus evaluation for agents): "
-               + ", ".join(f"{AGENT_LABELS.get(n, n)} {s:.0f}" for n, s in times) + ".", ""]
+               + ", ".join(f"{_label(n) if n in AGENTS else n} {s:.0f}" for n, s in times) + ".", ""]
     md += ["## Raw data", "", f"`{layout.summary_csv.name}`, `{layout.curves_csv.name}`, "
            f"`{layout.best_of_n_csv.name}`; each agent's `progress.csv` and TensorBoard events are in "
            f"`{layout.agent_dir('NAME').parent.name}/NAME/` (`tensorboard --logdir {layout.root}`).", ""]
@@ -410,12 +343,14 @@ def cli(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rlhf-gym report", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="the pipeline's output folder")
     args = parser.parse_args(argv)
-    if not RunLayout(Path(args.out)).setup.is_file():
-        print(f"rlhf-gym report: --out {args.out} holds no pipeline run (no step0_setup.json); "
-              "run `rlhf-gym pipeline --out DIR` first.", file=sys.stderr)
-        return 2
-    print(f"wrote {write_report(args.out)}")
-    return 0
+
+    def main() -> None:
+        if not RunLayout(Path(args.out)).setup.is_file():
+            raise ValueError(f"--out {args.out} holds no pipeline run (no step0_setup.json); "
+                             "run `rlhf-gym pipeline --out DIR` first.")
+        print(f"wrote {write_report(args.out)}")
+
+    return run_command("rlhf-gym report", main)
 
 
 if __name__ == "__main__":

@@ -7,56 +7,60 @@ demonstrator is a weakened Stockfish: at a low depth, it samples one of its top
 1. Demonstrations: ``{"prompt": FEN, "response": move}`` for the shipped training positions
    (``demos_per_position`` samples each) and, for validation, the held-out positions.
 2. Model: a GPT-2-shaped causal LM over the chess tokenizer, initialised in code (seeded).
-3. SFT: the caller's ``sft`` function trains it. ``text_env`` never imports ``agents``, so
-   the command-line layer passes ``agents.sft.train_sft`` in (see :func:`build_chess_policy`).
+3. SFT: :func:`agents.sft.train_sft` trains it.
 4. The output folder holds the model, its tokenizer and ``policy.json``: the settings, the
    SFT result, and the Stockfish critic's mean score on held-out positions of the
    demonstrator, of random legal moves, and of the policy's samples with the env's
-   legal-move masks and without them (where illegal moves score -1).
+   legal-move masks (played through ``ChessMoveCritic-v0`` by :class:`agents.ReferenceAgent`)
+   and without them (where illegal moves score -1).
+
+Run it as ``rlhf-gym chess-policy`` (default ``--out text_env/assets/chess/policy``; needs Stockfish).
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 import random
 import shutil
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import chess
-import chess.engine
 import numpy as np
 from tqdm.auto import tqdm
 
+from agents import AgentConfig, ReferenceAgent
+from agents.sft import SFTConfig, train_sft
+from rlhf_common.config_cli import add_config_args, config_from_args, run_command
 from rlhf_common.io import portable_config, save_dir_atomic, write_json_atomic, write_jsonl_atomic
 from text_env.chess import (
     CHESS_POLICY,
     EVAL_POSITIONS,
     MAX_FEN_TOKENS,
     MAX_MOVE_CHARS,
+    POLICY_META_FILE,
     TRAIN_POSITIONS,
-    LegalMoveMask,
     StockfishCritic,
+    chess_task,
     chess_tokenizer,
     close_engine,
     find_stockfish,
     legal_moves,
     load_positions,
     open_engine,
+    play_moves,
+    top_moves,
 )
-
-POLICY_META_FILE = "policy.json"
-SFTFunction = Callable[..., Any]
-"""``sft(model=, data=, val_data=, out=, seed=, epochs=, learning_rate=, batch_size=, sample_max_new_tokens=,
-progress=, prompts=, scorer=)`` returning an ``agents.sft.SFTResult`` (``model_dir``, ``steps``, ``best_step``,
-``val_loss``, ``val_perplexity``, ``mean_score``): ``agents.sft.train_sft`` wrapped to build its config."""
+from text_env.chess.grading import UNSCORED
 
 
 @dataclass
 class PolicyBuildConfig:
-    """How :func:`build_chess_policy` builds the default chess policy."""
+    """How ``rlhf-gym chess-policy`` (:func:`build_chess_policy`) builds the default chess policy."""
 
     out: str = str(CHESS_POLICY)
     """Output folder: the policy (Hugging Face format) and policy.json."""
@@ -90,7 +94,7 @@ class PolicyBuildConfig:
     """Model width."""
     n_head: int = 4
     """Attention heads."""
-    epochs: float = 4.0
+    num_train_epochs: float = 4.0
     """SFT passes over the demonstrations."""
     learning_rate: float = 1e-3
     """Peak SFT learning rate; a model trained from scratch needs more than fine-tuning's 5e-5."""
@@ -119,17 +123,10 @@ class WeakEngine:
 
     def move(self, fen: str) -> str:
         """One move for ``fen`` as UCI."""
-        infos = self.engine.analyse(
-            chess.Board(fen),
-            chess.engine.Limit(depth=self.config.demo_depth, time=1.0),
-            multipv=self.config.multipv,
-            game=object(),  # ucinewgame: a cleared hash, so a seed gives the same moves
-            info=chess.engine.INFO_SCORE | chess.engine.INFO_PV,
-        )
-        scored = [(i["score"].relative.score(mate_score=10_000), i["pv"][0].uci()) for i in infos if i.get("pv")]
+        scored = top_moves(self.engine, chess.Board(fen), self.config.demo_depth, self.config.multipv, 10_000)
         top = max(cp for cp, _ in scored)
         weights = [math.exp((cp - top) / self.config.temperature_cp) for cp, _ in scored]
-        return self.rng.choices([m for _, m in scored], weights=weights)[0]
+        return self.rng.choices([m.uci() for _, m in scored], weights=weights)[0]
 
     def close(self) -> None:
         """End the engine process."""
@@ -193,62 +190,43 @@ def baseline_scores(
     }
 
 
-def masked_policy_moves(model_dir: str | Path, fens: Sequence[str], seed: int = 0) -> list[str]:
-    """The policy's moves under the env's legal-move masks, sampled at temperature 1 as RL rollouts do."""
-    import torch
-    from transformers import AutoModelForCausalLM
+def masked_policy_moves(model_dir: str | Path, fens: Sequence[str], config: PolicyBuildConfig) -> list[str]:
+    """The policy's moves under the env's legal-move masks, sampled at temperature 1 as RL rollouts do.
 
-    tokenizer = chess_tokenizer()
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    rule = LegalMoveMask(tokenizer)
-    generator = torch.Generator().manual_seed(seed)
-    moves = []
-    for fen in fens:
-        prompt, response = list(tokenizer(fen)["input_ids"]), []
-        while len(response) < MAX_MOVE_CHARS:
-            with torch.no_grad():
-                logits = model(torch.tensor([prompt + response])).logits[0, -1]  # (V,)
-            logits[~torch.as_tensor(rule(fen, response))] = -torch.inf
-            token = int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
-            if token == tokenizer.eos_token_id:
-                break
-            response.append(token)
-        moves.append(tokenizer.decode(response))
-    return moves
-
-
-def build_chess_policy(config: PolicyBuildConfig, sft: SFTFunction) -> dict[str, Any]:
-    """Demonstrations, initial model, ``sft(...)``, scores; writes the policy to ``config.out``.
-
-    ``sft`` is called with keyword arguments (see :data:`SFTFunction`); the command-line
-    layer passes e.g. ``lambda prompts, scorer, **kw: train_sft(SFTConfig(**kw), scorer=scorer, prompts=prompts)``.
+    One ``ChessMoveCritic-v0`` episode per position, played by :class:`agents.ReferenceAgent`
+    (the agents' own sampling, seeded by ``config.seed``).
     """
+    agent_config = AgentConfig(batch_size=1, seed=config.seed, log_dir=str(Path(config.work) / "play"), save_steps=0)
+    agent = ReferenceAgent(chess_task(UNSCORED, positions=fens), policy=str(model_dir), config=agent_config)
+    agent.generator.manual_seed(config.seed)
+    return play_moves(agent, fens, mask_illegal=True)
+
+
+def build_chess_policy(config: PolicyBuildConfig) -> dict[str, Any]:
+    """Demonstrations, initial model, SFT (:func:`agents.sft.train_sft`), scores; writes the policy to ``out``."""
     paths = write_policy_inputs(config)
-    val = [{"prompt": fen, "response": ""} for fen in load_positions(config.eval_positions)[: config.score_positions]]
+    fens = load_positions(config.eval_positions)[: config.score_positions]  # where the scores are compared
     critic = StockfishCritic(config.stockfish_path, depth=config.critic_depth)
     try:
         weak = WeakEngine(config)
         try:
-            demos = [{"prompt": d["prompt"], "response": weak.move(d["prompt"])} for d in val]
+            demos = [{"prompt": fen, "response": weak.move(fen)} for fen in fens]
         finally:
             weak.close()
         scores = baseline_scores(config, critic, demos)
-        result = sft(
+        result = train_sft(SFTConfig(
             model=str(paths["model"]),
             data=str(paths["data"]),
             val_data=str(paths["val_data"]),
             out=str(Path(config.work) / "sft"),
             seed=config.seed,
-            epochs=config.epochs,
+            num_train_epochs=config.num_train_epochs,
             learning_rate=config.learning_rate,
             batch_size=config.batch_size,
             sample_max_new_tokens=MAX_MOVE_CHARS,
             progress=config.progress,
-            prompts=[d["prompt"] for d in val],
-            scorer=critic,
-        )
-        fens = [d["prompt"] for d in val]
-        masked = masked_policy_moves(result.model_dir, fens, config.seed)
+        ), scorer=critic, prompts=fens)
+        masked = masked_policy_moves(result.model_dir, fens, config)
         scores["policy_samples_masked"] = float(np.mean(critic.score(fens, masked)))
         scores["policy_samples_unmasked"] = result.mean_score  # illegal moves count -1
     finally:
@@ -266,3 +244,21 @@ def build_chess_policy(config: PolicyBuildConfig, sft: SFTFunction) -> dict[str,
 
     save_dir_atomic(config.out, write)
     return meta
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    """``rlhf-gym chess-policy [flags]``: rebuild the default chess policy (needs Stockfish)."""
+    parser = argparse.ArgumentParser(prog="rlhf-gym chess-policy", description=__doc__.splitlines()[0])
+    add_config_args(parser, PolicyBuildConfig)
+    args = parser.parse_args(argv)
+
+    def run() -> None:
+        config = config_from_args(PolicyBuildConfig, args)
+        meta = build_chess_policy(config)
+        print(f"wrote {config.out}: mean Stockfish scores {meta['mean_stockfish_score']}")
+
+    return run_command("rlhf-gym chess-policy", run)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -12,7 +12,7 @@
 
 The output folder is a Hugging Face reward model plus ``critic.json`` (calibration,
 held-out metrics, data counts, settings), loaded by :class:`~text_env.chess.LearnedCritic`.
-Run it as ``python -m text_env.chess_critic --out text_env/assets/chess/critic``.
+Run it as ``rlhf-gym chess-critic`` (default ``--out text_env/assets/chess/critic``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from rlhf_common.config_cli import add_config_args, config_from_args
+from reward_models.hf_model import NORMALIZATION_FILE
+from rlhf_common.config_cli import add_config_args, config_from_args, run_command
 from rlhf_common.io import portable_config, read_jsonl, save_dir_atomic, write_json_atomic, write_jsonl_atomic
 from text_env.chess import (
     CRITIC_META_FILE,
@@ -45,13 +46,13 @@ from text_env.chess import (
 )
 
 RM_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-            "special_tokens_map.json", "reward_normalisation.json", "train_log.csv")
+            "special_tokens_map.json", NORMALIZATION_FILE, "train_log.csv")
 """What the output folder keeps of the trained reward model (the rest is in ``work``)."""
 
 
 @dataclass
 class CriticBuildConfig:
-    """How ``python -m text_env.chess_critic`` builds the learned chess critic."""
+    """How ``rlhf-gym chess-critic`` builds the learned chess critic."""
 
     out: str = str(LEARNED_CRITIC)
     """Output folder: the reward model and critic.json (replaced atomically at the end)."""
@@ -79,11 +80,11 @@ class CriticBuildConfig:
     """Encoder layers."""
     heads: int = 4
     """Attention heads per layer."""
-    epochs: int = 6
+    num_train_epochs: int = 6
     """Passes over the training rankings."""
     batch_size: int = 32
     """Rankings per optimiser step."""
-    lr: float = 3e-4
+    learning_rate: float = 3e-4
     """Peak learning rate (linear decay); a model trained from scratch needs more than fine-tuning's 5e-5."""
     device: str = "auto"
     """Torch device for training and calibration: ``"auto"`` is CUDA when present, else CPU."""
@@ -217,7 +218,8 @@ def held_out_metrics(rows: list[dict[str, Any]], raw: np.ndarray, calibrated: np
 def build_critic(config: CriticBuildConfig) -> dict[str, Any]:
     """Label, train, calibrate, and write the critic to ``config.out``; returns the contents of critic.json."""
     from reward_models.hf_model import HFRewardModel
-    from reward_models.train import RewardTrainConfig, train_reward_model
+    from reward_models.train import train_reward_model
+    from reward_models.train_config import RewardTrainConfig
 
     critic = StockfishCritic(config.stockfish_path, depth=config.depth)
     try:
@@ -234,14 +236,14 @@ def build_critic(config: CriticBuildConfig) -> dict[str, Any]:
         data=str(work / "train_rankings.jsonl"),
         val_data=str(work / "eval_rankings.jsonl"),
         out=str(work / "rm"),
-        epochs=config.epochs,
+        num_train_epochs=config.num_train_epochs,
         batch_size=config.batch_size,
-        lr=config.lr,
+        learning_rate=config.learning_rate,
         seed=config.seed,
         device=config.device,
         resume=False,
-        eval_every=0,
-        save_every=0,
+        eval_steps=0,
+        save_steps=0,
         progress=config.progress,
     ))
 
@@ -271,13 +273,17 @@ def build_critic(config: CriticBuildConfig) -> dict[str, Any]:
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    """``python -m text_env.chess_critic [flags]``: rebuild the learned chess critic (needs Stockfish)."""
-    parser = argparse.ArgumentParser(prog="chess-critic", description=__doc__.splitlines()[0])
+    """``rlhf-gym chess-critic [flags]``: rebuild the learned chess critic (needs Stockfish)."""
+    parser = argparse.ArgumentParser(prog="rlhf-gym chess-critic", description=__doc__.splitlines()[0])
     add_config_args(parser, CriticBuildConfig)
-    config = config_from_args(CriticBuildConfig, parser.parse_args(argv))
-    meta = build_critic(config)
-    print(f"wrote {config.out}: held-out {meta['held_out']}")
-    return 0
+    args = parser.parse_args(argv)
+
+    def run() -> None:
+        config = config_from_args(CriticBuildConfig, args)
+        meta = build_critic(config)
+        print(f"wrote {config.out}: held-out {meta['held_out']}")
+
+    return run_command("rlhf-gym chess-critic", run)
 
 
 if __name__ == "__main__":

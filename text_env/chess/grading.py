@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 
 from reward_models import FunctionRewardModel, RewardModel
-from text_env.chess import StockfishCritic, is_legal_move, legal_moves, make_chess_env
+from text_env.chess.critics import StockfishCritic
+from text_env.chess.env import make_chess_env
+from text_env.chess.moves import is_legal_move, legal_moves
 
 UNSCORED = FunctionRewardModel(lambda fen, move: 0.0, name="unscored")
 """The critic of the env :func:`play_moves` plays in: moves are graded afterwards, not there."""

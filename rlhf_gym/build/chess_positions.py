@@ -12,7 +12,7 @@ Three sources of realistic positions, all offline Debian packages:
 Positions are de-duplicated by EPD (board, side, castling, en passant; move counters
 ignored), shuffled, and split into disjoint training and held-out sets. The same seed,
 book, ECO file and Stockfish version give the same files. Run it as
-``python -m text_env.chess_positions --out text_env/assets/chess``.
+``rlhf-gym chess-positions`` (default ``--out text_env/assets/chess``).
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ import chess.pgn
 import chess.polyglot
 from tqdm.auto import tqdm
 
-from rlhf_common.config_cli import add_config_args, config_from_args
+from rlhf_common.config_cli import add_config_args, config_from_args, run_command
 from rlhf_common.io import portable_config, write_json_atomic, write_jsonl_atomic
-from text_env.chess import ASSETS, close_engine, find_stockfish, open_engine
+from text_env.chess import ASSETS, close_engine, find_stockfish, open_engine, top_moves
 
 BOOK_PATH = "/usr/share/games/gnuchess/book.bin"
 """Polyglot opening book of Debian's ``gnuchess-book`` package."""
@@ -45,7 +45,7 @@ META_FILE = "positions_meta.json"
 
 @dataclass
 class PositionSetConfig:
-    """How ``python -m text_env.chess_positions`` builds the training and held-out position sets."""
+    """How ``rlhf-gym chess-positions`` builds the training and held-out position sets."""
 
     out: str = str(ASSETS)
     """Folder receiving positions.jsonl, eval_positions.jsonl and positions_meta.json."""
@@ -131,14 +131,7 @@ class PositionSampler:
         for _ in range(self.rng.randint(1, cfg.max_selfplay_plies)):
             if board.is_game_over():
                 break
-            infos = self.engine.analyse(
-                board,
-                chess.engine.Limit(depth=cfg.selfplay_depth, time=1.0),
-                multipv=cfg.selfplay_multipv,
-                game=object(),  # ucinewgame: a cleared hash, so the same seed gives the same games
-                info=chess.engine.INFO_SCORE | chess.engine.INFO_PV,
-            )
-            scored = [(i["score"].relative.score(mate_score=100_000), i["pv"][0]) for i in infos if i.get("pv")]
+            scored = top_moves(self.engine, board, cfg.selfplay_depth, cfg.selfplay_multipv, mate_score=100_000)
             best = max(cp for cp, _ in scored)
             candidates = [move for cp, move in scored if cp >= best - cfg.selfplay_margin_cp]
             board.push(self.rng.choice(candidates))
@@ -220,13 +213,17 @@ def write_position_sets(config: PositionSetConfig) -> dict[str, Any]:
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    """``python -m text_env.chess_positions [flags]``: rebuild the chess position sets."""
-    parser = argparse.ArgumentParser(prog="chess-positions", description=__doc__.splitlines()[0])
+    """``rlhf-gym chess-positions [flags]``: rebuild the chess position sets (needs Stockfish)."""
+    parser = argparse.ArgumentParser(prog="rlhf-gym chess-positions", description=__doc__.splitlines()[0])
     add_config_args(parser, PositionSetConfig)
-    config = config_from_args(PositionSetConfig, parser.parse_args(argv))
-    meta = write_position_sets(config)
-    print(f"wrote {config.out}: {meta['counts']}")
-    return 0
+    args = parser.parse_args(argv)
+
+    def run() -> None:
+        config = config_from_args(PositionSetConfig, args)
+        meta = write_position_sets(config)
+        print(f"wrote {config.out}: {meta['counts']}")
+
+    return run_command("rlhf-gym chess-positions", run)
 
 
 def _existing(path: str, flag: str, package: str) -> str:

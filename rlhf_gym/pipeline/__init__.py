@@ -1,0 +1,28 @@
+"""``rlhf-gym pipeline``: the four steps of RLHF end to end, agents compared, a report written.
+
+One module per step, read top to bottom by :func:`run_pipeline` (``run.py``):
+
+* step 0, ``prepare.py``: the embedded default policy, prompts and reward model; with
+  ``--from-scratch`` rebuilt into the run folder (about 15 minutes); with ``--model PATH``
+  your Hugging Face causal LM;
+* step 1, ``sft.py``: the policy's SFT metrics (its model card) and its samples on held-out
+  evaluation prompts;
+* step 2, ``feedback.py``: the default reward model, or with ``--train-reward-model`` one
+  trained on simulated rankings; either way its pairwise accuracy on freshly labeled
+  held-out samples against the ceiling, the agreement of two independent simulated labelers;
+* step 3, ``rl.py``: every agent of ``--agents`` from ``agents.registry`` (PPOKL, RLOO and
+  stable-baselines3 PPO through the KL reward wrapper by default) on the same prompts, seed
+  and beta, best-of-n for n = 1..64 from the SFT policy, and every policy evaluated on the
+  held-out prompts (``evaluate.py``): gold score, proxy score, KL to the reference, and the
+  gold gain against best-of-n's at the same KL;
+* the report, ``report.py``: ``report.md``, plots and CSVs, from the files of ``layout.py``.
+
+    rlhf-gym pipeline --out runs/demo            # the default run: about 5 minutes on 2 idle cores
+    rlhf-gym report --out runs/demo              # re-render the report
+"""
+
+from rlhf_gym.pipeline.config import PipelineConfig
+from rlhf_gym.pipeline.evaluate import best_of_n_curve, evaluate_policy
+from rlhf_gym.pipeline.run import cli, run_pipeline
+
+__all__ = ["PipelineConfig", "best_of_n_curve", "cli", "evaluate_policy", "run_pipeline"]

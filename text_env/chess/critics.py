@@ -1,0 +1,277 @@
+"""Move critics, the chess task's reward models: Stockfish, the shipped learned critic, or your own.
+
+Both score (FEN, UCI move) pairs on the same scale: Lichess's move accuracy in [0, 1] for a
+legal move (the learned critic estimates it), ``illegal_score`` (default -1) for an illegal
+or unparseable one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import weakref
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import chess
+import chess.engine
+import numpy as np
+
+from reward_models import RewardModel
+from text_env.chess.engine import (
+    CP_CLIP,
+    clipped_cp,
+    close_engine,
+    find_stockfish,
+    move_accuracy,
+    open_engine,
+    win_probability,
+)
+from text_env.chess.moves import critic_text, is_legal_move
+from text_env.chess.positions import CRITIC_META_FILE, LEARNED_CRITIC
+
+ILLEGAL_SCORE = -1.0
+"""Default score of an illegal or unparseable move: one below the worst legal score (0)."""
+class StockfishCritic:
+    """Scores chess moves with Stockfish: Lichess's accuracy of the move, from its win-probability loss.
+
+    For a legal move ``m`` in position ``s``, Stockfish searches ``s`` (giving its best move
+    ``b``) and ``s`` restricted to ``m`` (UCI ``searchmoves``), both at the same limit and
+    from the side to move::
+
+        loss  = clip(W(b) - W(m), 0, 1)            # W: win_probability, Lichess's logistic
+        score = move_accuracy(loss)                # 1 - 1.031668 * (1 - exp(-4.354 * loss)), in [0, 1]
+
+    so the engine's best move scores 1, a small slip ~0.8, a lost piece ~0.3, a lost queen
+    ~0.1 (a forced mate counts as W = 1, being mated as W = 0). Illegal or unparseable moves
+    score ``illegal_score`` (default -1, below every legal move). Every search starts from a
+    cleared hash (``ucinewgame``), so a score depends only on (FEN, move, limit) and is cached.
+    :meth:`centipawn_loss` grades a move in centipawns from the same searches.
+
+    One engine process, started at the first score and reused; ``close()`` (called by
+    ``env.close()``, garbage collection and interpreter exit) ends it, and a later score
+    starts a new one.
+    Each engine call may overrun its limit by at most ``timeout`` seconds before it raises.
+
+    Args:
+        stockfish_path: engine binary; default ``$STOCKFISH_PATH``, ``stockfish`` on PATH, or
+            ``/usr/games/stockfish``.
+        depth: search depth in plies (None: time only). 8 takes ~5-15 ms a search.
+        time_limit: seconds a search may take at most; with a depth, a cap that a depth-8 search
+            never reaches, so results stay deterministic.
+        timeout: extra seconds an engine call may take beyond ``time_limit`` before it fails.
+        hash_mb: engine hash table size.
+        illegal_score: score of an illegal or unparseable move.
+        cache_size: positions and (FEN, move) evaluations kept.
+    """
+
+    def __init__(
+        self,
+        stockfish_path: str | os.PathLike[str] | None = None,
+        depth: int | None = 8,
+        time_limit: float = 1.0,
+        timeout: float = 10.0,
+        hash_mb: int = 16,
+        illegal_score: float = ILLEGAL_SCORE,
+        cache_size: int = 100_000,
+    ) -> None:
+        if (depth is not None and depth < 1) or time_limit <= 0 or timeout <= 0:
+            raise ValueError(
+                f"StockfishCritic: depth={depth}, time_limit={time_limit} and timeout={timeout} must be positive."
+            )
+        self.path = find_stockfish(stockfish_path)
+        self.limit = chess.engine.Limit(depth=depth, time=time_limit)
+        self.timeout = timeout
+        self.hash_mb = hash_mb
+        self.illegal_score = float(illegal_score)
+        self.cache_size = cache_size
+        self._best: dict[str, tuple[str | None, chess.engine.Score]] = {}  # FEN -> (best move, its evaluation)
+        self._evals: dict[tuple[str, str], chess.engine.Score] = {}  # (FEN, move) -> evaluation after the move
+        self._engine: chess.engine.SimpleEngine | None = None
+        self._finalizer: weakref.finalize | None = None
+        self._lock = threading.Lock()  # one search at a time on the one engine
+
+    # ---- RewardModel ----------------------------------------------------------------
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+        """One score per (FEN, UCI move) pair: in [0, 1] when legal, ``illegal_score`` otherwise."""
+        return np.array(
+            [self.move_score(fen, move) for fen, move in zip(prompts, responses, strict=True)], dtype=np.float64
+        )
+
+    def move_score(self, fen: str, move: str) -> float:
+        """The score of one move (see the class docstring)."""
+        if not is_legal_move(fen, move):
+            return self.illegal_score
+        _, best = self._best_line(fen)
+        return move_accuracy(win_probability(best) - win_probability(self._move_eval(fen, move)))
+
+    def centipawn_loss(self, fen: str, move: str) -> float:
+        """Centipawns ``move`` loses against the engine's best move, both evaluations clipped to +-``CP_CLIP``.
+
+        ``max(0, cp(best) - cp(move))`` from the side to move, at this critic's limit. An
+        illegal or unparseable move forfeits: it counts as a move into a lost position
+        (``-CP_CLIP``), so it loses at least as much as any legal move, just as ``illegal_score``
+        ranks it below every legal move.
+        """
+        _, best = self._best_line(fen)
+        after = clipped_cp(self._move_eval(fen, move)) if is_legal_move(fen, move) else -CP_CLIP
+        return float(max(clipped_cp(best) - after, 0))
+
+    def best_move(self, fen: str) -> str:
+        """Stockfish's best move in ``fen`` at this critic's limit, as UCI."""
+        best_move, _ = self._best_line(fen)
+        if best_move is None:
+            raise RuntimeError(f"Stockfish returned no principal variation for {fen!r}.")
+        return best_move
+
+    def close(self) -> None:
+        """End the engine process now (a later score starts a new one)."""
+        with self._lock:
+            if self._finalizer is not None:
+                self._finalizer()  # runs close_engine once and detaches
+            self._engine = self._finalizer = None
+
+    @property
+    def engine_name(self) -> str:
+        """The engine's own name and version (e.g. ``Stockfish 15.1``); starts the engine if needed."""
+        with self._lock:
+            return str(self._running_engine().id.get("name", self.path))
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the running engine, or None when none runs."""
+        return None if self._engine is None else self._engine.transport.get_pid()
+
+    def __repr__(self) -> str:
+        return f"StockfishCritic(path={self.path!r}, limit={self.limit})"
+
+    # ---- engine calls ---------------------------------------------------------------
+    def _best_line(self, fen: str) -> tuple[str | None, chess.engine.Score]:
+        if fen not in self._best:
+            info = self._analyse(fen)
+            pv = info.get("pv")
+            self._remember(self._best, fen, (pv[0].uci() if pv else None, info["score"].relative))
+        return self._best[fen]
+
+    def _move_eval(self, fen: str, move: str) -> chess.engine.Score:
+        """The evaluation (side to move) after a legal ``move``: a search restricted to it, or the best line's."""
+        best_move, best = self._best_line(fen)
+        if move == best_move:
+            return best
+        key = (fen, move)
+        if key not in self._evals:
+            info = self._analyse(fen, root_moves=[chess.Move.from_uci(move)])
+            self._remember(self._evals, key, info["score"].relative)
+        return self._evals[key]
+
+    def _analyse(self, fen: str, root_moves: list[chess.Move] | None = None) -> chess.engine.InfoDict:
+        with self._lock:
+            engine = self._running_engine()
+            try:
+                # A fresh `game` object makes python-chess send ucinewgame: a cleared hash,
+                # hence the same result for the same search (tested in test_chess.py).
+                info = engine.analyse(
+                    chess.Board(fen),
+                    self.limit,
+                    root_moves=root_moves,
+                    game=object(),
+                    info=chess.engine.INFO_SCORE | chess.engine.INFO_PV,
+                )
+            except (asyncio.TimeoutError, TimeoutError, chess.engine.EngineError) as e:
+                self._finalizer()  # a stuck or dead engine is replaced at the next call
+                self._engine = self._finalizer = None
+                raise RuntimeError(
+                    f"Stockfish ({self.path}) failed on {fen!r} with limit {self.limit} "
+                    f"within timeout={self.timeout}s: {e!r}. Lower depth/time_limit or raise timeout."
+                ) from e
+        if "score" not in info:
+            raise RuntimeError(f"Stockfish returned no score for {fen!r}: {info!r}.")
+        return info
+
+    def _running_engine(self) -> chess.engine.SimpleEngine:
+        if self._engine is None:
+            self._engine = open_engine(self.path, timeout=self.timeout, hash_mb=self.hash_mb)
+            # The finalizer holds the engine, not self, so the critic can be collected.
+            self._finalizer = weakref.finalize(self, close_engine, self._engine)
+        return self._engine
+
+    def _remember(self, cache: dict[Any, Any], key: Any, value: Any) -> None:
+        if len(cache) >= self.cache_size:
+            del cache[next(iter(cache))]  # drop the oldest entry
+        cache[key] = value
+
+
+class LearnedCritic:
+    """Scores chess moves with a reward model trained on Stockfish-labelled move rankings; no engine needed.
+
+    The reward model (a small Hugging Face ``AutoModelForSequenceClassification`` built and
+    trained by ``rlhf-gym chess-critic``) reads each legal move as :func:`~text_env.chess.moves.critic_text`
+    (as the response to an empty prompt) and gives a raw Bradley-Terry score ``s``;
+    ``critic.json`` beside it holds a calibration ``sigmoid(slope * s + intercept)`` fitted
+    to the Stockfish critic's scores on held-out positions, so scores are on the Stockfish
+    critic's [0, 1] scale.
+    Illegal or unparseable moves score ``illegal_score`` (default -1).
+
+    Args:
+        path: folder holding the reward model and ``critic.json`` (default: the shipped one).
+        device: ``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda:1"``...
+        batch_size: moves per forward pass.
+        illegal_score: score of an illegal or unparseable move.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = LEARNED_CRITIC,
+        device: str = "auto",
+        batch_size: int = 64,
+        illegal_score: float = ILLEGAL_SCORE,
+    ) -> None:
+        meta_file = Path(path) / CRITIC_META_FILE
+        if not meta_file.is_file():
+            raise FileNotFoundError(
+                f"{meta_file} does not exist, so {str(path)!r} holds no learned chess critic; build it with "
+                "`rlhf-gym chess-critic` (needs Stockfish) or pass critic='stockfish'."
+            )
+        from reward_models.hf_model import HFRewardModel  # torch loads only when this critic is used
+
+        calibration = json.loads(meta_file.read_text())["calibration"]
+        self.slope, self.intercept = float(calibration["slope"]), float(calibration["intercept"])
+        self.model = HFRewardModel(path, device=device, batch_size=batch_size)
+        self.illegal_score = float(illegal_score)
+        self.path = str(path)
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+        """One score per (FEN, UCI move) pair: in (0, 1) when legal, ``illegal_score`` otherwise."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"got {len(prompts)} positions but {len(responses)} moves; pass one move per position.")
+        out = np.full(len(prompts), self.illegal_score, dtype=np.float64)
+        legal = [i for i, (fen, move) in enumerate(zip(prompts, responses, strict=True)) if is_legal_move(fen, move)]
+        if legal:
+            raw = self.model.score([""] * len(legal), [critic_text(prompts[i], responses[i]) for i in legal])
+            out[legal] = 1.0 / (1.0 + np.exp(-(self.slope * raw + self.intercept)))
+        return out
+
+    def __repr__(self) -> str:
+        return f"LearnedCritic({self.path!r})"
+
+
+def make_critic(critic: str | RewardModel = "learned", **critic_options: Any) -> RewardModel:
+    """A move critic by name (``"learned"``, ``"stockfish"``) or the given :class:`~reward_models.RewardModel`."""
+    if isinstance(critic, str):
+        if critic == "learned":
+            return LearnedCritic(**critic_options)
+        if critic == "stockfish":
+            return StockfishCritic(**critic_options)
+        raise ValueError(
+            f"critic={critic!r} is not known; use 'learned', 'stockfish' or pass a RewardModel instance."
+        )
+    if critic_options:
+        raise TypeError(f"{sorted(critic_options)} configure the built-in critics; set them on your critic instead.")
+    if not isinstance(critic, RewardModel):
+        raise TypeError(
+            f"critic={critic!r} has no score(prompts, responses) method; pass 'stockfish' or a RewardModel."
+        )
+    return critic
