@@ -57,6 +57,12 @@ class AgentConfig:
                 f"save_steps={self.save_steps} >= 0."
             )
 
+    def check_divides_batch(self, name: str, minimum: int = 1) -> None:
+        """Refuse a field ``name`` below ``minimum`` or not dividing ``batch_size`` (groups, minibatches)."""
+        value = getattr(self, name)
+        if value < minimum or self.batch_size % value:
+            raise ValueError(f"{name}={value} must be >= {minimum} and divide batch_size={self.batch_size}.")
+
 
 @dataclass
 class TrainConfig(AgentConfig):
@@ -87,9 +93,7 @@ class TrainConfig(AgentConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.num_mini_batches < 1 or self.batch_size % self.num_mini_batches:
-            raise ValueError(f"num_mini_batches={self.num_mini_batches} must be >= 1 and divide "
-                             f"batch_size={self.batch_size}.")
+        self.check_divides_batch("num_mini_batches")
         if isinstance(self.lora, dict):  # read back from a checkpoint's state.json
             self.lora = LoraSettings(**self.lora)
         if self.rollout_workers < 0 or self.rollout_worker_gpus < 0:

@@ -36,9 +36,7 @@ class BestOfNConfig(AgentConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.num_generations < 1 or self.batch_size % self.num_generations:
-            raise ValueError(f"num_generations={self.num_generations} must be >= 1 and divide "
-                             f"batch_size={self.batch_size}.")
+        self.check_divides_batch("num_generations")
 
 
 def best_of_n_kl(n: int) -> float:
@@ -103,10 +101,15 @@ class BestOfN(Agent):
         self._plan_env = TextGenerationVectorEnv(self.task, n, autoreset_mode=AutoresetMode.DISABLED)
 
     def best(self, batch: RolloutBatch) -> np.ndarray:
-        """Row index of the highest env reward in each group of n consecutive rows."""
+        """Row index of the highest env reward in each group of n consecutive rows.
+
+        Ties go to the later sample, as in :func:`best_of_n_mean` (the last of a stable ascending
+        sort), so the response ``predict`` plays is the one ``learn``'s metrics describe.
+        """
         n = self.config.num_generations
         rewards = batch.rewards.reshape(-1, n)  # (prompts, n)
-        return rewards.argmax(1) + np.arange(len(rewards)) * n
+        favourite = np.argsort(rewards, axis=1, kind="stable")[:, -1]  # (prompts,)
+        return favourite + np.arange(len(rewards)) * n
 
     def _iteration(self) -> tuple[dict[str, float], int]:
         n = self.config.num_generations

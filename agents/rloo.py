@@ -45,9 +45,7 @@ class RLOOConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.num_generations < 2 or self.batch_size % self.num_generations:
-            raise ValueError(f"num_generations={self.num_generations} must be >= 2 and divide "
-                             f"batch_size={self.batch_size}.")
+        self.check_divides_batch("num_generations", minimum=2)  # a leave-one-out baseline needs another sample
 
 
 class RLOO(Agent):

@@ -22,7 +22,7 @@ from gymnasium.vector import AutoresetMode
 
 from text_env import Task, TextGenerationEnv, TextGenerationVectorEnv
 from text_env.observation import action_logits, next_token_logits
-from text_env.task import END_MAX_TOKENS
+from text_env.task import missing_eos_penalties
 
 __all__ = [
     "RolloutBatch",
@@ -99,8 +99,8 @@ class RolloutBatch:
 
         The agents' extra penalty on top of the task's own (docs/ppo_details.md #7).
         """
-        capped = np.array([info["end_reason"] == END_MAX_TOKENS for info in self.infos])
-        return torch.as_tensor(self.rewards - missing_eos_penalty * capped, dtype=torch.float32,
+        penalties = missing_eos_penalties([info["end_reason"] for info in self.infos], missing_eos_penalty)
+        return torch.as_tensor(self.rewards - penalties, dtype=torch.float32,
                                device=self.response_mask.device)
 
 

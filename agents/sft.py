@@ -30,7 +30,6 @@ Run it as ``python -m agents.sft --model PATH --data demos.jsonl --out DIR``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import shutil
@@ -65,7 +64,7 @@ from agents.sft_baseline import score_baseline
 from agents.sft_config import SFTConfig, SFTResult
 from reward_models import RewardModel
 from reward_models.hf import refuse_pickled_code
-from rlhf_common.config_cli import add_config_args, config_from_args, run_command
+from rlhf_common.config_cli import config_command
 from rlhf_common.io import save_dir_atomic, write_json_atomic
 from rlhf_common.training import (
     TENSORS_FILE,
@@ -374,21 +373,16 @@ def _load_checkpoint(path: Path, config: SFTConfig, model: Any, optimizer: Any, 
 # ---- command line -------------------------------------------------------------------------
 def cli(argv: list[str] | None = None) -> int:
     """``python -m agents.sft --model PATH --data JSONL --out DIR [...]``; flags mirror SFTConfig."""
-    parser = argparse.ArgumentParser(
-        prog="rlhf-gym sft",
-        description="Supervised fine-tuning of a causal LM on JSONL demonstrations "
-        '({"prompt","response"} or {"messages":[...]} rows). Re-run with the same --out to resume.',
-    )
-    add_config_args(parser, SFTConfig)
-    args = parser.parse_args(argv)
 
-    def main() -> None:
+    def run(config: SFTConfig) -> None:
         with quiet_transformers():  # the step bar is enough; no bars per saved file
-            result = train_sft(config_from_args(SFTConfig, args))
+            result = train_sft(config)
         if init_distributed().is_main:  # under torchrun, one report
             print(json.dumps(asdict(result), indent=2))
 
-    return run_command("rlhf-gym sft", main)
+    return config_command(argv, "rlhf-gym sft", "Supervised fine-tuning of a causal LM on JSONL demonstrations "
+                          '({"prompt","response"} or {"messages":[...]} rows). Re-run with the same --out to resume.',
+                          SFTConfig, run)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ Run it as ``rlhf-gym train-rm --model M --data prefs.jsonl --out runs/rm``.
 
 from __future__ import annotations
 
-import argparse
 import math
 import shutil
 import time
@@ -51,7 +50,7 @@ from reward_models.preferences import (
     pairwise_metrics,
 )
 from reward_models.train_config import RewardTrainConfig, RewardTrainResult
-from rlhf_common.config_cli import add_config_args, config_from_args, run_command
+from rlhf_common.config_cli import config_command
 from rlhf_common.io import DataError, save_dir_atomic, write_json_atomic
 from rlhf_common.training import (
     TENSORS_FILE,
@@ -319,15 +318,9 @@ def _save_finished(out: Path, model: Any, tokenizer: Any, norm: Normalization, c
 
 def cli(argv: list[str] | None = None) -> int:
     """``rlhf-gym train-rm``: train a Bradley-Terry reward model on preference JSONL."""
-    parser = argparse.ArgumentParser(
-        prog="rlhf-gym train-rm",
-        description="Train a Bradley-Terry reward model (AutoModelForSequenceClassification, one label).",
-    )
-    add_config_args(parser, RewardTrainConfig)
-    args = parser.parse_args(argv)
 
-    def main() -> None:
-        result = train_reward_model(config_from_args(RewardTrainConfig, args))
+    def run(config: RewardTrainConfig) -> None:
+        result = train_reward_model(config)
         val = f"; validation accuracy {result.val.accuracy:.3f}, margin {result.val.margin:.3f}" if result.val else ""
         if result.finished:
             print(f"reward model saved to {result.out} after {result.steps} steps{val}.")
@@ -335,4 +328,5 @@ def cli(argv: list[str] | None = None) -> int:
             print(f"stopped at step {result.steps}{val}; rerun the same command to resume from "
                   f"{result.out}/{CHECKPOINT_DIR}.")
 
-    return run_command("rlhf-gym train-rm", main)
+    return config_command(argv, "rlhf-gym train-rm", "Train a Bradley-Terry reward model "
+                          "(AutoModelForSequenceClassification, one label).", RewardTrainConfig, run)

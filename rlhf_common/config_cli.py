@@ -16,7 +16,7 @@ import sys
 import textwrap
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -154,3 +154,16 @@ def run_command(prog: str, main: Callable[[], Any]) -> int:
         print(f"{prog}: {e}", file=sys.stderr)
         return EXIT_FAILURE
     return 0
+
+
+def config_command(argv: Sequence[str] | None, prog: str, description: str, cls: type[T],
+                   body: Callable[[T], Any]) -> int:
+    """The whole ``cli(argv)`` of a command whose flags are the fields of ``cls``.
+
+    Parses ``argv``, builds the config (its ``__post_init__`` checks become usage errors) and
+    runs ``body(config)``, all under :func:`run_command`'s exit-code rule.
+    """
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_config_args(parser, cls)
+    args = parser.parse_args(argv)
+    return run_command(prog, lambda: body(config_from_args(cls, args)))

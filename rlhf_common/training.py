@@ -22,7 +22,7 @@ import csv
 import json
 import math
 import os
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -219,9 +219,10 @@ def check_finite(value: torch.Tensor | float, what: str, where: str, checkpoint:
     raise FloatingPointError(f"{where}: {what} is {shown}; training stopped before applying it.{resume} Fix: {fix}")
 
 
-def progress_bar(total: int, desc: str, unit: str = "it", initial: int = 0, enabled: bool = True) -> Any:
-    """The one kind of progress bar every trainer shows (tqdm)."""
-    return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not enabled)
+def progress_bar(total: int | None, desc: str, unit: str = "it", initial: int = 0, enabled: bool = True,
+                 iterable: Iterable[Any] | None = None) -> Any:
+    """The one kind of progress bar every trainer and builder shows (tqdm); wraps ``iterable`` when given."""
+    return tqdm(iterable, total=total, initial=initial, desc=desc, unit=unit, disable=not enabled)
 
 
 @contextlib.contextmanager

@@ -11,7 +11,6 @@ one KV-cached forward pass per token (``agents.rollout.rollout``).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -20,12 +19,12 @@ from typing import Any
 
 import torch
 from gymnasium.vector import AutoresetMode
-from tqdm.auto import tqdm
 
 from agents.rollout import RolloutBatch, rollout
 from reward_models import FunctionRewardModel
-from rlhf_common.config_cli import add_config_args, config_from_args, run_command
+from rlhf_common.config_cli import config_command
 from rlhf_common.io import write_jsonl_atomic
+from rlhf_common.training import progress_bar, quiet_transformers
 from text_env import Task, TextGenerationVectorEnv
 
 __all__ = ["CollectConfig", "collect", "response_groups", "sample_groups", "unscored"]
@@ -98,7 +97,7 @@ def sample_groups(
     device = next(model.parameters()).device if model is not None else torch.device("cpu")
     generator = torch.Generator(device).manual_seed(seed)
     envs: dict[int, TextGenerationVectorEnv] = {}
-    with tqdm(total=len(prompts) * k, desc=desc, unit="ep", disable=not progress) as bar:
+    with progress_bar(len(prompts) * k, desc, unit="ep", enabled=progress) as bar:
         for start in range(0, len(prompts), per_batch):
             chunk = list(prompts[start : start + per_batch])
             n = len(chunk) * k
@@ -128,7 +127,6 @@ def response_groups(infos: Sequence[Mapping[str, Any]], num_generations: int, **
 def collect(config: CollectConfig) -> list[dict[str, Any]]:
     """Sample as ``config`` says and write the collection JSONL; returns its rows."""
     from agents.lm import load_causal_lm
-    from rlhf_common.training import quiet_transformers
     from text_env.defaults import default_policy_path, default_prompts_path, default_task
     from text_env.prompts import load_prompts
 
@@ -148,19 +146,13 @@ def collect(config: CollectConfig) -> list[dict[str, Any]]:
 
 def cli(argv: Sequence[str] | None = None) -> int:
     """``rlhf-gym collect``: sample N responses per prompt into a collection JSONL."""
-    parser = argparse.ArgumentParser(
-        prog="rlhf-gym collect",
-        description="Sample N responses per prompt from a policy, for the labeling page or simulate-labels.",
-    )
-    add_config_args(parser, CollectConfig)
-    args = parser.parse_args(argv)
 
-    def main() -> None:
-        config = config_from_args(CollectConfig, args)
+    def run(config: CollectConfig) -> None:
         rows = collect(config)
         print(f"wrote {len(rows)} prompts x {config.num_generations} responses to {os.fspath(config.out)}")
 
-    return run_command("rlhf-gym collect", main)
+    return config_command(argv, "rlhf-gym collect", "Sample N responses per prompt from a policy, for the "
+                          "labeling page or simulate-labels.", CollectConfig, run)
 
 
 if __name__ == "__main__":

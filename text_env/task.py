@@ -26,6 +26,14 @@ END_STOP_STRING = "stop_string"
 END_MAX_TOKENS = "max_new_tokens"
 
 
+def missing_eos_penalties(end_reasons: Sequence[str | None], penalty: float) -> np.ndarray:
+    """``penalty`` for each response the length cap ended, 0 for the others (docs/ppo_details.md #7).
+
+    The one rule behind ``Task.missing_eos_penalty`` and the agents' extra ``missing_eos_penalty``.
+    """
+    return penalty * np.array([reason == END_MAX_TOKENS for reason in end_reasons], dtype=np.float64)
+
+
 @dataclass
 class Task:
     """A prompt source, a tokenizer, a reward model, a stop rule and an optional action mask."""
@@ -187,11 +195,9 @@ class Task:
         texts = [self.response_text(r) for r in responses]
         scores = checked_scores(self.reward_model, prompts, texts)
         gold = checked_scores(self.gold_scorer, prompts, texts) if self.gold_scorer else None
-        rewards = scores.copy()
+        rewards = scores - missing_eos_penalties(reasons, self.missing_eos_penalty).astype(scores.dtype)
         infos = []
         for i, reason in enumerate(reasons):
-            if reason == END_MAX_TOKENS:
-                rewards[i] -= self.missing_eos_penalty
             info = {
                 "prompt": prompts[i],
                 "response": texts[i],

@@ -17,7 +17,6 @@ Run it as ``rlhf-gym chess-critic`` (default ``--out text_env/assets/chess/criti
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import shutil
@@ -28,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from reward_models.hf_model import NORMALIZATION_FILE
-from rlhf_common.config_cli import add_config_args, config_from_args, run_command
+from rlhf_common.config_cli import config_command
 from rlhf_common.io import portable_config, read_jsonl, save_dir_atomic, write_json_atomic, write_jsonl_atomic
+from rlhf_common.training import progress_bar
 from text_env.chess import (
     CRITIC_META_FILE,
     EVAL_POSITIONS,
@@ -111,7 +110,7 @@ def label_positions(
     """One ranking per position, best first: ``{"prompt": "", "responses": [texts], "fen", "moves", "scores"}``."""
     rng = random.Random(f"{config.seed}:{desc}")
     rows = []
-    for fen in tqdm(fens, desc=f"labelling {desc}", disable=not config.progress):
+    for fen in progress_bar(len(fens), f"labelling {desc}", enabled=config.progress, iterable=fens):
         best = critic.best_move(fen)
         others = sorted(legal_moves(fen) - {best})
         moves = [best, *rng.sample(others, min(len(others), config.moves_per_position - 1))]
@@ -274,16 +273,12 @@ def build_critic(config: CriticBuildConfig) -> dict[str, Any]:
 
 def cli(argv: Sequence[str] | None = None) -> int:
     """``rlhf-gym chess-critic [flags]``: rebuild the learned chess critic (needs Stockfish)."""
-    parser = argparse.ArgumentParser(prog="rlhf-gym chess-critic", description=__doc__.splitlines()[0])
-    add_config_args(parser, CriticBuildConfig)
-    args = parser.parse_args(argv)
 
-    def run() -> None:
-        config = config_from_args(CriticBuildConfig, args)
+    def run(config: CriticBuildConfig) -> None:
         meta = build_critic(config)
         print(f"wrote {config.out}: held-out {meta['held_out']}")
 
-    return run_command("rlhf-gym chess-critic", run)
+    return config_command(argv, "rlhf-gym chess-critic", __doc__.splitlines()[0], CriticBuildConfig, run)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ Run it as ``rlhf-gym chess-policy`` (default ``--out text_env/assets/chess/polic
 
 from __future__ import annotations
 
-import argparse
 import math
 import random
 import shutil
@@ -31,12 +30,12 @@ from typing import Any
 
 import chess
 import numpy as np
-from tqdm.auto import tqdm
 
 from agents import AgentConfig, ReferenceAgent
 from agents.sft import SFTConfig, train_sft
-from rlhf_common.config_cli import add_config_args, config_from_args, run_command
+from rlhf_common.config_cli import config_command
 from rlhf_common.io import portable_config, save_dir_atomic, write_json_atomic, write_jsonl_atomic
+from rlhf_common.training import progress_bar
 from text_env.chess import (
     CHESS_POLICY,
     EVAL_POSITIONS,
@@ -143,7 +142,7 @@ def write_policy_inputs(config: PolicyBuildConfig) -> dict[str, Path]:
     try:
         demos = [
             {"prompt": fen, "response": engine.move(fen)}
-            for fen in tqdm(train, desc="demonstrations", disable=not config.progress)
+            for fen in progress_bar(len(train), "demonstrations", enabled=config.progress, iterable=train)
             for _ in range(config.demos_per_position)
         ]
         val = [{"prompt": fen, "response": engine.move(fen)} for fen in held_out]
@@ -248,16 +247,12 @@ def build_chess_policy(config: PolicyBuildConfig) -> dict[str, Any]:
 
 def cli(argv: Sequence[str] | None = None) -> int:
     """``rlhf-gym chess-policy [flags]``: rebuild the default chess policy (needs Stockfish)."""
-    parser = argparse.ArgumentParser(prog="rlhf-gym chess-policy", description=__doc__.splitlines()[0])
-    add_config_args(parser, PolicyBuildConfig)
-    args = parser.parse_args(argv)
 
-    def run() -> None:
-        config = config_from_args(PolicyBuildConfig, args)
+    def run(config: PolicyBuildConfig) -> None:
         meta = build_chess_policy(config)
         print(f"wrote {config.out}: mean Stockfish scores {meta['mean_stockfish_score']}")
 
-    return run_command("rlhf-gym chess-policy", run)
+    return config_command(argv, "rlhf-gym chess-policy", __doc__.splitlines()[0], PolicyBuildConfig, run)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ book, ECO file and Stockfish version give the same files. Run it as
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import random
 import sys
@@ -30,10 +29,10 @@ import chess
 import chess.engine
 import chess.pgn
 import chess.polyglot
-from tqdm.auto import tqdm
 
-from rlhf_common.config_cli import add_config_args, config_from_args, run_command
+from rlhf_common.config_cli import config_command
 from rlhf_common.io import portable_config, write_json_atomic, write_jsonl_atomic
+from rlhf_common.training import progress_bar
 from text_env.chess import ASSETS, close_engine, find_stockfish, open_engine, top_moves
 
 BOOK_PATH = "/usr/share/games/gnuchess/book.bin"
@@ -165,7 +164,7 @@ def build_positions(config: PositionSetConfig) -> tuple[list[dict[str, str]], li
         sampler = PositionSampler(config, engine)
         engine_name = engine.id.get("name", "unknown engine")
         draw = {"book": sampler.book_walk, "eco": sampler.eco_prefix, "selfplay": sampler.selfplay}
-        with tqdm(total=total, desc="chess positions", disable=not config.progress) as bar:
+        with progress_bar(total, "chess positions", enabled=config.progress) as bar:
             for source, quota in quotas.items():
                 found, attempts = 0, 0
                 while found < quota:
@@ -214,16 +213,12 @@ def write_position_sets(config: PositionSetConfig) -> dict[str, Any]:
 
 def cli(argv: Sequence[str] | None = None) -> int:
     """``rlhf-gym chess-positions [flags]``: rebuild the chess position sets (needs Stockfish)."""
-    parser = argparse.ArgumentParser(prog="rlhf-gym chess-positions", description=__doc__.splitlines()[0])
-    add_config_args(parser, PositionSetConfig)
-    args = parser.parse_args(argv)
 
-    def run() -> None:
-        config = config_from_args(PositionSetConfig, args)
+    def run(config: PositionSetConfig) -> None:
         meta = write_position_sets(config)
         print(f"wrote {config.out}: {meta['counts']}")
 
-    return run_command("rlhf-gym chess-positions", run)
+    return config_command(argv, "rlhf-gym chess-positions", __doc__.splitlines()[0], PositionSetConfig, run)
 
 
 def _existing(path: str, flag: str, package: str) -> str:

@@ -7,7 +7,6 @@ run folder records the settings (``config.json``) and refuses to resume with oth
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 import warnings
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.registry import get_agent
-from rlhf_common.config_cli import add_config_args, config_from_args, run_command
+from rlhf_common.config_cli import config_command
 from rlhf_common.io import write_json_atomic
 from rlhf_common.training import claim_run_folder, set_torch_threads
 from rlhf_gym.pipeline.config import RESUMABLE_CHANGES, PipelineConfig
@@ -76,15 +75,11 @@ def _stage(ctx: RunContext, name: str, path: Path, build: Callable[[], dict[str,
 
 def cli(argv: Sequence[str] | None = None) -> int:
     """``rlhf-gym pipeline --out DIR``: all four RLHF steps, agents compared, a report; resumable."""
-    parser = argparse.ArgumentParser(prog="rlhf-gym pipeline", description="The four steps of RLHF end to end, "
-                                     "agents compared, a report written; re-running resumes.")
-    add_config_args(parser, PipelineConfig)
-    args = parser.parse_args(argv)
 
-    def main() -> None:
-        config = config_from_args(PipelineConfig, args)
+    def run(config: PipelineConfig) -> None:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*left-truncated.*")  # a few long prompts, by design
             run_pipeline(config)
 
-    return run_command("rlhf-gym pipeline", main)
+    return config_command(argv, "rlhf-gym pipeline", "The four steps of RLHF end to end, agents compared, "
+                          "a report written; re-running resumes.", PipelineConfig, run)
