@@ -4,7 +4,9 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
+TORCH_STAMP := $(VENV)/.torch
+DEMO_STAMP  := $(VENV)/.installed-demo
+TEST_STAMP  := $(VENV)/.installed-test
 TORCH  ?= torch==2.13.0
 APT_PACKAGES := chromium chromium-driver fortunes stockfish gnuchess-book pgn-extract
 export HF_HUB_OFFLINE := 1
@@ -12,12 +14,21 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: demo test test-all lint bench defaults system-deps clean
 
-$(STAMP): pyproject.toml
+$(TORCH_STAMP):
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
+	@touch $@
+
+# The demo installs the package and what the demo runs (SB3, TensorBoard), not the test tools;
+# after `make test` (whose extra includes both) there is nothing left to install.
+$(DEMO_STAMP): pyproject.toml | $(TORCH_STAMP)
+	@if [ $(TEST_STAMP) -nt pyproject.toml ]; then :; else $(PY) -m pip install -q -e ".[demo]"; fi
+	@touch $@
+
+$(TEST_STAMP): pyproject.toml | $(TORCH_STAMP)
 	$(PY) -m pip install -q -e ".[test]"
-	@touch $(STAMP)
+	@touch $@
 
 # Debian packages the tests and the asset build use; installed only when missing.
 system-deps:
@@ -30,22 +41,22 @@ system-deps:
 	  $$sudo apt-get update -q && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q $$missing; \
 	fi
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(VENV)/bin/rlhf-gym pipeline --out runs/demo
 
-test: $(STAMP) system-deps
+test: $(TEST_STAMP) system-deps
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
-test-all: $(STAMP) system-deps
+test-all: $(TEST_STAMP) system-deps
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -m ""
 
 # Rebuild the embedded default assets from scratch (seeded; about 15 minutes on 2 cores).
-defaults: $(STAMP) system-deps
+defaults: $(TEST_STAMP) system-deps
 	$(VENV)/bin/rlhf-gym build-defaults
 
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	$(PY) bench/env_overhead.py
 	$(PY) bench/rollout.py
 	$(PY) bench/vs_trl.py

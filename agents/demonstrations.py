@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from agents.distributed import DistInfo, all_reduce
+from reward_models.chat import check_messages, has_chat_template, split_conversation
 from rlhf_common.io import DataError, describe_keys, read_jsonl, require_str
 
 IGNORE_INDEX = -100
@@ -68,32 +69,19 @@ def encode_demonstration(
 
 
 def _chat_parts(tokenizer: Any, messages: Any, where: str) -> tuple[str, str, bool]:
-    """Prompt text, response text and whether the tokenizer's chat template rendered them."""
-    if not isinstance(messages, list) or not messages:
-        raise DataError(f"{where}: 'messages' must be a non-empty list of {{'role','content'}} objects.")
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict):
-            raise DataError(f"{where}: messages[{i}] must be an object with 'role' and 'content'.")
-        require_str(m, "role", f"{where}: messages[{i}]")
-        require_str(m, "content", f"{where}: messages[{i}]")
+    """Prompt text, response text and whether the tokenizer's chat template rendered them.
+
+    The rendering is :mod:`reward_models.chat`'s, shared with preference data and the env:
+    the chat template, else the plain HH-RLHF transcript.
+    """
+    messages = check_messages(messages, where)
     if messages[-1]["role"] != "assistant":
         raise DataError(
             f"{where}: the last message has role {messages[-1]['role']!r}; it must be the "
             "assistant's response, which is what the model learns."
         )
-    if tokenizer.chat_template:
-        prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
-        full = tokenizer.apply_chat_template(messages, tokenize=False)
-        if not full.startswith(prompt):
-            raise DataError(
-                f"{where}: the tokenizer's chat template does not render the conversation without "
-                "its last message as a prefix of the whole, so the response cannot be cut out; "
-                "use prompt/response rows instead."
-            )
-        return prompt, full[len(prompt) :], True
-    # No template: a plain "role: content" transcript, the response after "assistant:".
-    prompt = "".join(f"{m['role']}: {m['content']}\n" for m in messages[:-1]) + "assistant:"
-    return prompt, " " + messages[-1]["content"], False
+    prompt, response = split_conversation(tokenizer, messages[:-1], messages[-1:], where)
+    return prompt, response, has_chat_template(tokenizer)
 
 
 def load_demonstrations(

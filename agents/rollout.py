@@ -232,7 +232,7 @@ def rollout(
     """Reset ``env`` and sample every episode to its end, all together, one forward pass per token.
 
     Args:
-        model: a causal LM (``model(input_ids, attention_mask, position_ids, past_key_values)``),
+        model: a causal LM (``model(input_ids, attention_mask, position_ids, cache)``),
             or None to sample uniformly over the allowed tokens (the random agent).
         env: a text vector env with autoreset DISABLED (see :func:`make_rollout_env`).
         temperature: logits are divided by it; train with 1.0-like values and no top-k/top-p
@@ -270,7 +270,7 @@ def rollout(
         with autocast(device):
             out = model(input_ids=prompt_ids[first], attention_mask=prompt_mask[first], position_ids=position[first],
                         use_cache=True, logits_to_keep=1, output_hidden_states=output_hidden)
-        out.past_key_values.batch_repeat_interleave(group_size)
+        out.cache.batch_repeat_interleave(group_size)
         logits = out.logits[:, -1].repeat_interleave(group_size, 0)  # (b, V)
         state = out.hidden_states[-1][:, -1].repeat_interleave(group_size, 0) if output_hidden else None  # (b, H)
     else:
@@ -314,7 +314,7 @@ def rollout(
             keep = torch.from_numpy(np.flatnonzero(still)).to(device)
             live, attention, position = live[keep], attention[keep], position[keep]
             if model is not None:
-                out.past_key_values.batch_select_indices(keep)
+                out.cache.batch_select_indices(keep)
         if model is None:
             logits = torch.zeros(len(live), vocab, device=device)  # (b, V)
             continue
@@ -322,7 +322,7 @@ def rollout(
         attention[:, prompt_len + t] = 1
         with autocast(device):
             out = model(input_ids=token[live, None], attention_mask=attention[:, : prompt_len + t + 1],
-                        position_ids=position[:, None], past_key_values=out.past_key_values, use_cache=True,
+                        position_ids=position[:, None], cache=out.cache, use_cache=True,
                         output_hidden_states=output_hidden)
         logits = out.logits[:, -1]  # (b, V)
         state = out.hidden_states[-1][:, -1] if output_hidden else None  # (b, H)

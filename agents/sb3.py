@@ -133,7 +133,7 @@ class LMFeaturesExtractor(BaseFeaturesExtractor):
         self.n_actions = n_actions
         self.hidden_size = hidden_size
         # Logits at the last position only: the LM head over the whole window is the
-        # biggest avoidable cost for large vocabularies (transformers >= 4.48).
+        # biggest avoidable cost for large vocabularies (asked only of a forward that names it: remote code may not).
         accepts = inspect.signature(model.forward).parameters
         self._last_logits_only = {"logits_to_keep": 1} if "logits_to_keep" in accepts else {}
 

@@ -60,11 +60,11 @@ def model_seconds_per_token(vocab: int) -> float:
                                        bos_token_id=0, eos_token_id=0)).eval()
     ids = torch.randint(0, vocab, (BATCH, 16))
     out = model(ids, use_cache=True)
-    past, token = out.past_key_values, ids[:, -1:]
+    cache, token = out.cache, ids[:, -1:]
     start = time.perf_counter()
     for _ in range(NEW_TOKENS):
-        out = model(token, past_key_values=past, use_cache=True)
-        past = out.past_key_values
+        out = model(token, cache=cache, use_cache=True)
+        cache = out.cache
         token = out.logits[:, -1].argmax(-1, keepdim=True)
     return (time.perf_counter() - start) / (NEW_TOKENS * BATCH)
 

@@ -7,7 +7,7 @@ All three start from the embedded default policy (4.24 M-parameter GPT-2), score
 default task's reward model and sample the default training prompts: 64 completions per
 step (16 prompts x 4), at most 32 new tokens, temperature 1 without top-k/top-p, the KL
 penalty beta = 0.05 against a frozen copy of the policy, the same constant learning rate,
-CPU, float32 (TRL: ``bf16=False``, ``use_cpu=True``, and ``gradient_checkpointing=False``:
+CPU, float32 (TRL: ``bf16=False``, ``use_cpu=True``, and ``activation_checkpointing=False``:
 its default ``True`` trades recomputation for memory that a model this small does not
 need). TRL's RLOO and ours take one gradient step per batch; PPOKL takes 4 epochs x 4
 minibatches (and trains a value head).
@@ -81,7 +81,7 @@ def trl_rloo(task: Task, prompts: list[str], steps: int, warmup: int, lr: float,
             output_dir=out, per_device_train_batch_size=EPISODES, num_generations=K,
             max_completion_length=MAX_NEW_TOKENS, beta=BETA, learning_rate=lr, max_steps=warmup + steps,
             lr_scheduler_type="constant", temperature=1.0, top_k=0, top_p=1.0, bf16=False, use_cpu=True,
-            gradient_checkpointing=False,  # TRL's default True recomputes activations: memory we do not need here
+            activation_checkpointing=False,  # TRL's default True recomputes activations: memory not needed here
             report_to="none", logging_strategy="no",
             save_strategy="no", disable_tqdm=True, disable_dropout=True, dataloader_num_workers=0, seed=seed,
         )

@@ -5,6 +5,10 @@ inputs with the same two functions, :func:`encode_for_reward` and :func:`sequenc
 so a reward model sees at scoring time exactly what it saw in training. The text format
 is TRL ``RewardTrainer``'s: ``prompt + response + eos_token``, tokenised with the
 tokenizer's special tokens; a model trained by either tool scores the same in both.
+Conversations arrive as text, rendered once by :mod:`reward_models.chat`: by
+:func:`~reward_models.preferences.load_preferences` for training, by the env's ``Task``
+for scoring, so a reward model that shares the policy's tokenizer (one trained from the
+SFT policy) scores the prompt text it was trained on.
 """
 
 from __future__ import annotations

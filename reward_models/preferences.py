@@ -1,24 +1,40 @@
-"""Preference data: pairwise comparisons and K-way rankings, read from and written to JSONL.
+r"""Preference data: pairwise comparisons and K-way rankings, read from and written to JSONL.
 
-Two row shapes, one per line, mixable in one file:
+Row shapes, one per line, mixable in one file (other keys, such as ids, labeler names or
+timestamps, are ignored):
 
-- a comparison (TRL / HH-RLHF shape): ``{"prompt": str, "chosen": str, "rejected": str}``
+- a comparison (TRL's standard shape): ``{"prompt": str, "chosen": str, "rejected": str}``
 - a ranking of K >= 2 responses, best first: ``{"prompt": str, "responses": [best, ..., worst]}``
+- HH-RLHF (Anthropic/hh-rlhf): ``{"chosen": "\n\nHuman: ...\n\nAssistant: ...", "rejected": ...}``:
+  the prompt is the shared text up to and including the last ``"\n\nAssistant:"`` the two
+  share, the responses the rest (TRL's ``extract_prompt`` cuts at the first differing
+  character instead, which moves shared opening words of the responses into the prompt).
+- TRL conversational, ``{"prompt": [messages], "chosen": [messages], "rejected": [messages]}``,
+  or with an implicit prompt ``{"chosen": [messages], "rejected": [messages]}`` whose shared
+  leading messages are the prompt (TRL's ``maybe_extract_prompt``).
+- UltraFeedback-binarized: ``{"prompt": str, "chosen": [messages], "rejected": [messages],
+  "score_chosen": x, "score_rejected": y}``: the conversations hold the user turn, which must
+  equal ``prompt``. Scores are optional on any chosen/rejected row; a tie states no
+  preference and is skipped (the count goes to stderr), ``score_chosen < score_rejected`` is an error.
 
-Other keys (ids, labeler names, timestamps) are kept out of the way: they are ignored.
-Unlabeled samples to rank ("collections") share the ranking shape but carry no order:
-``{"prompt": str, "responses": [...]}``, or ``{"prompt": str, "response": str}`` for one sample.
+Conversations are rendered to text with :mod:`reward_models.chat` (the tokenizer's chat
+template, else the plain HH-RLHF transcript), so :class:`Comparison` and :class:`Ranking`
+always hold text. Unlabeled samples to rank ("collections") share the ranking shape but
+carry no order: ``{"prompt": str, "responses": [...]}``, or ``{"prompt": str, "response": str}``.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 from typing import Any
 
 from reward_models.base import RewardModel, checked_scores
+from reward_models.chat import PLAIN_GENERATION_PROMPT, check_messages, is_messages, split_conversation
 from rlhf_common.io import DataError, describe_keys, read_jsonl, require_str, write_jsonl_atomic
 
 
@@ -83,50 +99,152 @@ def to_pairs(items: Iterable[Preference]) -> list[Comparison]:
     return [pair for item in items for pair in item.pairs()]
 
 
-def load_preferences(path: str | os.PathLike[str]) -> list[Preference]:
-    """Read and validate a preference JSONL file (comparisons and/or rankings).
+def load_preferences(path: str | os.PathLike[str], tokenizer: Any = None) -> list[Preference]:
+    """Read and validate a preference JSONL file in any of the module's row shapes.
 
     Every row is checked; the first problem raises :class:`DataError` naming
-    ``file:line``: a missing key, a value of the wrong type, fewer than two
-    responses, duplicate responses. An empty file is an error too.
+    ``file:line``: a missing key, a value of the wrong type, fewer than two responses,
+    duplicate responses, a conversation that cannot be split. Conversational rows need
+    ``tokenizer`` (the reward model's) to render them. An empty file is an error too.
     """
     items: list[Preference] = []
+    ties = 0
     for line_no, row in read_jsonl(path):
-        where = f"{path}:{line_no}"
-        if "prompt" not in row:
+        item = _parse_row(row, f"{path}:{line_no}", tokenizer)
+        if item is None:
+            ties += 1
+        else:
+            items.append(item)
+    if ties:
+        print(f"load_preferences: skipped {ties} rows of {path} whose score_chosen equals score_rejected "
+              "(a tie states no preference).", file=sys.stderr)
+    if not items:
+        raise DataError(f"{path}: no preference rows; the file is empty" + (f" but for {ties} ties." if ties else "."))
+    return items
+
+
+def _parse_row(row: dict[str, Any], where: str, tokenizer: Any) -> Preference | None:
+    """One row as a Comparison or Ranking, or None for a tie; DataError naming ``where`` if it is bad."""
+    if "responses" in row:
+        if "chosen" in row or "rejected" in row:
             raise DataError(
-                f"{where}: missing key 'prompt' (keys present: {describe_keys(row)}); every row needs one. "
-                'For HH-RLHF rows whose prompt is inside chosen/rejected, add "prompt": "".'
+                f"{where}: has both 'responses' and 'chosen'/'rejected'; "
+                "use one shape per row: a ranking or a comparison."
             )
         prompt = require_str(row, "prompt", where)
-        if "responses" in row:
-            if "chosen" in row or "rejected" in row:
-                raise DataError(
-                    f"{where}: has both 'responses' and 'chosen'/'rejected'; "
-                    "use one shape per row: a ranking or a comparison."
-                )
-            responses = _str_list(row, "responses", where)
-            problem = _responses_problem(responses)
-            if problem:
-                raise DataError(f"{where}: {problem}")
-            items.append(Ranking(prompt, responses))
-        elif "chosen" in row or "rejected" in row:
-            chosen = require_str(row, "chosen", where)
-            rejected = require_str(row, "rejected", where)
-            if chosen == rejected:
-                raise DataError(
-                    f"{where}: 'chosen' and 'rejected' are the same text, which states no preference; "
-                    "drop the row or fix one of them."
-                )
-            items.append(Comparison(prompt, chosen, rejected))
-        else:
+        responses = _str_list(row, "responses", where)
+        problem = _responses_problem(responses)
+        if problem:
+            raise DataError(f"{where}: {problem}")
+        return Ranking(prompt, responses)
+    if "chosen" not in row and "rejected" not in row:
+        raise DataError(
+            f"{where}: a preference row needs 'chosen' and 'rejected' (a comparison) or "
+            f"'responses' (a ranking, best first); keys present: {describe_keys(row)}."
+        )
+    conversational = _is_conversation(row, "chosen", where)
+    if _is_conversation(row, "rejected", where) != conversational:
+        raise DataError(f"{where}: 'chosen' and 'rejected' must both be strings or both be message lists.")
+    if row["chosen"] == row["rejected"]:
+        raise _same_text(where)
+    if conversational:
+        item = _comparison(*_render_conversations(row, where, tokenizer), where)
+    elif "prompt" in row:
+        item = _comparison(require_str(row, "prompt", where), row["chosen"], row["rejected"], where)
+    else:
+        item = _comparison(*_split_hh(row["chosen"], row["rejected"], where), where)
+    return None if _is_tie(row, where) else item
+
+
+def _is_conversation(row: dict[str, Any], key: str, where: str) -> bool:
+    """Whether ``row[key]`` is a message list (checked) rather than a string; DataError if it is neither."""
+    if key not in row:
+        raise DataError(f"{where}: missing key {key!r} (keys present: {describe_keys(row)}).")
+    value = row[key]
+    if isinstance(value, str):
+        return False
+    if is_messages(value):
+        check_messages(value, where, key)
+        return True
+    raise DataError(
+        f"{where}: {key!r} must be a string or a list of {{'role','content'}} messages, got {type(value).__name__}."
+    )
+
+
+def _is_tie(row: dict[str, Any], where: str) -> bool:
+    """Whether the row's optional ``score_chosen``/``score_rejected`` are equal; DataError if they are bad."""
+    if "score_chosen" not in row and "score_rejected" not in row:
+        return False
+    scores = []
+    for key in ("score_chosen", "score_rejected"):
+        value = row.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise DataError(f"{where}: {key!r} must be a finite number when scores are given, got {value!r:.40}.")
+        scores.append(value)
+    if scores[0] < scores[1]:
+        raise DataError(
+            f"{where}: score_chosen={scores[0]} is below score_rejected={scores[1]}; "
+            "the chosen response must score at least as high: swap them or fix the scores."
+        )
+    return scores[0] == scores[1]
+
+
+def _split_hh(chosen: str, rejected: str, where: str) -> tuple[str, str, str]:
+    """(prompt, chosen, rejected) of an HH-RLHF row: cut after the last turn marker the two texts share."""
+    shared = len(os.path.commonprefix([chosen, rejected]))
+    cut = chosen.rfind(PLAIN_GENERATION_PROMPT, 0, shared)
+    if cut < 0:
+        raise DataError(
+            f"{where}: no 'prompt' key, and 'chosen' and 'rejected' share no {PLAIN_GENERATION_PROMPT!r} turn, so "
+            "the prompt cannot be told apart from the responses (HH-RLHF rows read "
+            "'\\n\\nHuman: ...\\n\\nAssistant: ...'); add a 'prompt' key."
+        )
+    end = cut + len(PLAIN_GENERATION_PROMPT)
+    return chosen[:end], chosen[end:], rejected[end:]
+
+
+def _render_conversations(row: dict[str, Any], where: str, tokenizer: Any) -> tuple[str, str, str]:
+    """(prompt, chosen, rejected) texts of a conversational row, explicit, implicit or UltraFeedback prompt."""
+    chosen, rejected = row["chosen"], row["rejected"]
+    prompt = row.get("prompt")
+    if prompt is None or isinstance(prompt, str):  # implicit: the shared leading messages are the prompt
+        shorter = min(len(chosen), len(rejected))
+        n = next((i for i in range(shorter) if chosen[i] != rejected[i]), shorter)
+        if n == 0:
             raise DataError(
-                f"{where}: a preference row needs 'chosen' and 'rejected' (a comparison) or "
-                f"'responses' (a ranking, best first); keys present: {describe_keys(row)}."
+                f"{where}: 'chosen' and 'rejected' share no leading message, so there is no prompt; "
+                "add 'prompt' as a message list."
             )
-    if not items:
-        raise DataError(f"{path}: no preference rows; the file is empty.")
-    return items
+        if isinstance(prompt, str) and chosen[n - 1]["content"] != prompt:
+            raise DataError(
+                f"{where}: 'prompt' is not the content of the last message 'chosen' and 'rejected' share "
+                f"({chosen[n - 1]['content'][:40]!r}); UltraFeedback rows repeat the user turn in both."
+            )
+        prompt, chosen, rejected = chosen[:n], chosen[n:], rejected[n:]
+    elif is_messages(prompt):
+        check_messages(prompt, where, "prompt")
+    else:
+        raise DataError(f"{where}: 'prompt' must be a string or a list of {{'role','content'}} messages.")
+    if tokenizer is None:
+        raise DataError(
+            f"{where}: a conversational row is rendered with the reward model's tokenizer (its chat template, "
+            "else the plain transcript); pass tokenizer= to load_preferences (train-rm passes its own)."
+        )
+    prompt_text, chosen_text = split_conversation(tokenizer, prompt, chosen, f"{where}: 'chosen'")
+    return prompt_text, chosen_text, split_conversation(tokenizer, prompt, rejected, f"{where}: 'rejected'")[1]
+
+
+def _comparison(prompt: str, chosen: str, rejected: str, where: str) -> Comparison:
+    if chosen == rejected:
+        raise _same_text(where)
+    return Comparison(prompt, chosen, rejected)
+
+
+def _same_text(where: str) -> DataError:
+    return DataError(
+        f"{where}: 'chosen' and 'rejected' are the same text, which states no preference; "
+        "drop the row or fix one of them."
+    )
 
 
 def save_preferences(path: str | os.PathLike[str], items: Iterable[Preference]) -> None:

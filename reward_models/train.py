@@ -98,11 +98,11 @@ def ranking_loss(scores: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
 
 # ---- data --------------------------------------------------------------------------
 # ---- data --------------------------------------------------------------------------
-def _split(config: RewardTrainConfig) -> tuple[list[Preference], list[Preference]]:
-    """Training and validation preferences: val_data, or a seeded val_fraction of data."""
-    train = load_preferences(config.data)
+def _split(config: RewardTrainConfig, tokenizer: Any) -> tuple[list[Preference], list[Preference]]:
+    """Training and validation preferences (conversations rendered with ``tokenizer``): val_data or val_fraction."""
+    train = load_preferences(config.data, tokenizer)
     if config.val_data:
-        return train, load_preferences(config.val_data)
+        return train, load_preferences(config.val_data, tokenizer)
     n_val = int(len(train) * config.val_fraction)
     if n_val == 0:
         return train, []
@@ -141,9 +141,10 @@ def train_reward_model(config: RewardTrainConfig) -> RewardTrainResult:
     started = time.monotonic()
     out = Path(config.out)
     _check_out_folder(out)
-    train_items, val_items = _split(config)
+    tokenizer = load_tokenizer(config.tokenizer or config.model, trust_remote_code=config.trust_remote_code)
+    train_items, val_items = _split(config, tokenizer)
     reference = _reference(config, train_items) if config.normalize else None  # bad data fails now, not after training
-    run = _RewardRun(config, train_items, val_items)
+    run = _RewardRun(config, tokenizer, train_items, val_items)
     val = run.train(started)
     seconds = run.seconds_before + time.monotonic() - started
     if run.step < run.total_steps:
@@ -159,11 +160,12 @@ def train_reward_model(config: RewardTrainConfig) -> RewardTrainResult:
 class _RewardRun:
     """Model, tokenised data, optimizer and step counter of one run, set up (or resumed) by the constructor."""
 
-    def __init__(self, config: RewardTrainConfig, train_items: list[Preference], val_items: list[Preference]) -> None:
+    def __init__(self, config: RewardTrainConfig, tokenizer: Any, train_items: list[Preference],
+                 val_items: list[Preference]) -> None:
         self.config, self.train_items, self.val_items = config, train_items, val_items
         self.out = Path(config.out)
         self.checkpoint = self.out / CHECKPOINT_DIR
-        self.tokenizer = load_tokenizer(config.tokenizer or config.model, trust_remote_code=config.trust_remote_code)
+        self.tokenizer = tokenizer
         saved = self._saved_state()
         self.model = self._load_model(saved is not None)
         self.model.config.get_text_config().pad_token_id = self.tokenizer.pad_token_id

@@ -22,6 +22,7 @@ import csv
 import json
 import math
 import os
+import time
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
@@ -244,11 +245,37 @@ def set_torch_threads(num_threads: int | None = None) -> int:
 
     Tiny models gain little from a second thread, and threads that wait for a core held by
     another process cost far more: on a shared 2-core machine at load 8, sampling ran 10x
-    slower with 2 threads than with 1. Returns the number set.
+    slower with 2 threads than with 1. "Busy" is what other processes compute right now
+    (:func:`busy_cores`), not the load average: that decays over minutes, so right after
+    ``make test`` it still reads 2 on an idle machine. Returns the number set.
     """
     if num_threads:
         torch.set_num_threads(num_threads)
-    elif os.getloadavg()[0] >= 1.0:
+    elif busy_cores() >= 0.5:
         torch.set_num_threads(1)
     return torch.get_num_threads()
 
+
+def busy_cores(interval: float = 0.5) -> float:
+    """How many cores other processes keep busy, measured over ``interval`` seconds while this one sleeps.
+
+    Read from the kernel's CPU counters (``/proc/stat``: all time but idle and I/O wait); where
+    there is none (macOS, Windows), the 1-minute load average stands in.
+    """
+    def counters() -> tuple[int, int] | None:
+        try:
+            with open("/proc/stat", encoding="ascii") as f:
+                fields = [int(x) for x in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields) - idle, sum(fields)
+
+    before = counters()
+    if before is None:
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    time.sleep(interval)
+    after = counters()
+    assert after is not None
+    busy, total = after[0] - before[0], after[1] - before[1]
+    return busy / total * (os.cpu_count() or 1) if total > 0 else 0.0

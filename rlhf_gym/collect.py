@@ -136,7 +136,7 @@ def collect(config: CollectConfig) -> list[dict[str, Any]]:
     with quiet_transformers():
         model = load_causal_lm(config.policy or default_policy_path(), device=config.device)
     rows = []
-    for batch in sample_groups(model, task, prompts, config.num_generations, batch_size=config.batch_size,
+    for batch in sample_groups(model, task, task.prompts, config.num_generations, batch_size=config.batch_size,
                                temperature=config.temperature, seed=config.seed, progress=config.progress,
                                desc="collect"):
         rows += response_groups(batch.infos, config.num_generations)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
+import warnings
 
 import pytest
 import torch
@@ -11,6 +14,26 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Tiny test models run faster on one thread than fighting over a shared CPU.
 torch.set_num_threads(1)
+
+
+class _DeprecationLogToWarning(logging.Handler):
+    """transformers logs some deprecations (e.g. reading ``out.past_key_values``) instead of warning: warn them.
+
+    The FutureWarning is attributed to the first frame outside transformers and logging, so
+    pyproject's ``filterwarnings`` turn the ones our own modules cause into errors.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "deprecat" not in message.lower():
+            return
+        frame, level = sys._getframe(1), 2
+        while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] in ("logging", "transformers"):
+            frame, level = frame.f_back, level + 1
+        warnings.warn(message, FutureWarning, stacklevel=level)
+
+
+logging.getLogger("transformers").addHandler(_DeprecationLogToWarning(logging.WARNING))
 
 from reward_models import FunctionRewardModel  # noqa: E402
 from text_env import Task  # noqa: E402

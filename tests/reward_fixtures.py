@@ -23,9 +23,11 @@ def share_of_a(prompt: str, response: str) -> float:
     return response.count("a") / max(1, len(response))
 
 
-def save_tiny_lm(folder: Path, arch: str = "gpt2", seed: int = 0, pad_is_eos: bool = False) -> Path:
-    """A randomly initialised tiny causal LM and a character tokenizer, saved as a HF folder."""
-    tok = char_tokenizer(ALPHABET)
+def save_tiny_lm(folder: Path, arch: str = "gpt2", seed: int = 0, pad_is_eos: bool = False,
+                 alphabet: str = ALPHABET, chat_template: str | None = None) -> Path:
+    """A randomly initialised tiny causal LM and a character tokenizer (and chat template), saved as a HF folder."""
+    tok = char_tokenizer(alphabet)
+    tok.chat_template = chat_template
     if pad_is_eos:
         tok.pad_token = tok.eos_token
     torch.manual_seed(seed)

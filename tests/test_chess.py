@@ -698,3 +698,15 @@ def test_chess_policy_builder_end_to_end(tmp_path):
     assert meta["sft"]["steps"] == 2 and meta["config"]["num_train_epochs"] == 1.0
     assert not {"out", "work"} & set(meta["config"])
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+
+
+@needs_stockfish
+def test_a_stockfish_critic_cannot_be_pickled_and_says_what_to_do():
+    import pickle
+
+    critic = StockfishCritic(depth=2)
+    try:
+        with pytest.raises(TypeError, match=r"pass critic='stockfish'"):
+            pickle.dumps(critic)
+    finally:
+        critic.close()

@@ -42,6 +42,11 @@ MAX_MESSAGE = 2_000  # an error names the problem, it does not echo a huge line 
 text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
 distinct = st.lists(text, min_size=2, max_size=4, unique=True)
 
+
+def assistant(content: str) -> dict[str, str]:
+    return {"role": "assistant", "content": content}
+
+
 GOOD_ROWS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "prompts": st.builds(lambda p: {"prompt": p}, text),
     "demonstrations": st.one_of(
@@ -53,6 +58,14 @@ GOOD_ROWS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "preferences": st.one_of(
         st.builds(lambda p, rs: {"prompt": p, "chosen": rs[0], "rejected": rs[1]}, text, distinct),
         st.builds(lambda p, rs: {"prompt": p, "responses": rs}, text, distinct),
+        st.builds(lambda h, rs: {"chosen": f"\n\nHuman: {h}\n\nAssistant: {rs[0]}",  # HH-RLHF
+                                 "rejected": f"\n\nHuman: {h}\n\nAssistant: {rs[1]}"}, text, distinct),
+    ),
+    "conversations": st.one_of(  # TRL conversational preferences, explicit and implicit prompt
+        st.builds(lambda u, rs: {"prompt": [{"role": "user", "content": u}], "chosen": [assistant(rs[0])],
+                                 "rejected": [assistant(rs[1])]}, text, distinct),
+        st.builds(lambda u, rs: {"chosen": [{"role": "user", "content": u}, assistant(rs[0])],
+                                 "rejected": [{"role": "user", "content": u}, assistant(rs[1])]}, text, distinct),
     ),
     "collection": st.one_of(
         st.builds(lambda p, rs: {"prompt": p, "responses": rs}, text, st.lists(text, min_size=1, max_size=4)),
@@ -60,11 +73,15 @@ GOOD_ROWS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     ),
     "label_import": st.builds(lambda p, rs: {"prompt": p, "responses": rs}, text, distinct),
 }
+MESSAGE_LISTS = ("messages", "prompt", "chosen", "rejected")
+"""Keys that hold {"role", "content"} message lists in the kinds that have list values there."""
+
 # Keys whose absence or wrong type makes a row bad, and the type each must have.
 REQUIRED = {
     "prompts": {"prompt": str},
     "demonstrations": {"prompt": str, "response": str, "messages": list},
     "preferences": {"prompt": str, "chosen": str, "rejected": str, "responses": list},
+    "conversations": {"prompt": list, "chosen": list, "rejected": list},
     "collection": {"prompt": str, "responses": list, "response": str},
     "label_import": {"prompt": str, "responses": list},
 }
@@ -79,6 +96,7 @@ LOADERS: dict[str, Callable[[Path, Path], Any]] = {
     "prompts": lambda path, tmp: load_prompts(path),
     "demonstrations": lambda path, tmp: load_demonstrations(path, TOKENIZER, max_length=64),
     "preferences": lambda path, tmp: load_preferences(path),
+    "conversations": lambda path, tmp: load_preferences(path, TOKENIZER),
     "collection": lambda path, tmp: load_collection(path),
     "label_import": lambda path, tmp: _import_labels(path, tmp / "labels.sqlite"),
 }
@@ -123,7 +141,7 @@ def bad_line(draw: st.DrawFn, kind: str) -> tuple[bytes, bool]:
         key = draw(st.sampled_from(lists))
         items = row[key]
         items[draw(st.integers(0, len(items) - 1))] = draw(json_value.filter(
-            lambda v: not isinstance(v, dict if key == "messages" else str)
+            lambda v: not isinstance(v, dict if key in MESSAGE_LISTS else str)
         ))
         return dumps(row), True
     if how == "invalid_utf8":
@@ -133,8 +151,9 @@ def bad_line(draw: st.DrawFn, kind: str) -> tuple[bytes, bool]:
     if how == "lone_surrogate":
         # Valid JSON ("\ud800" is a legal escape) that no UTF-8 text, tokenizer or database can hold.
         surrogate = draw(st.sampled_from(["\\ud800", "\\udfff", "\\udbff"]))
-        if "messages" in row:
-            row["messages"][-1]["content"] = "\x00SURROGATE\x00"
+        conversation = next((k for k in MESSAGE_LISTS if isinstance(row.get(k), list)), None)
+        if conversation:
+            row[conversation][-1]["content"] = "\x00SURROGATE\x00"
         else:
             row[draw(st.sampled_from([k for k in required if REQUIRED[kind][k] is str]))] = "\x00SURROGATE\x00"
         return dumps(row).replace(b"\\u0000SURROGATE\\u0000", surrogate.encode()), True
@@ -241,6 +260,8 @@ def huge_good(kind: str) -> dict[str, Any]:
         "prompts": {"prompt": big},
         "demonstrations": {"prompt": "a", "response": big[: HUGE // 10]},  # tokenised: ~1 s per 300k characters
         "preferences": {"prompt": big, "chosen": "a", "rejected": "b"},
+        "conversations": {"prompt": [{"role": "user", "content": big}], "chosen": [assistant("a")],
+                          "rejected": [assistant("b")]},
         "collection": {"prompt": big, "response": "a"},
         "label_import": {"prompt": big, "responses": ["a", "b"]},
     }[kind]

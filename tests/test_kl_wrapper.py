@@ -220,7 +220,7 @@ def test_next_token_logits_ignore_left_padding_and_agree_with_the_kv_cache():
         _, prefix = next_token_logits(lm, tokens[:, :-1], torch.ones(1, 4, dtype=torch.long), task.vocab_size,
                                       use_cache=True)
         cached, _ = next_token_logits(lm, tokens[:, -1:], torch.ones(1, 5, dtype=torch.long), task.vocab_size,
-                                      past_key_values=prefix.past_key_values)
+                                      cache=prefix.cache)
         allowed = torch.tensor([[False, True, True, False, True, True]])
         masked, _ = next_token_logits(lm, padded, mask, task.vocab_size, temperature=0.5, action_mask=allowed)
     assert from_window.shape == (1, task.vocab_size)

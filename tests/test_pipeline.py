@@ -64,6 +64,18 @@ def test_collect_writes_n_responses_per_prompt_deterministically(tmp_path):
     assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()  # same seed, same rows
 
 
+def test_collect_renders_conversation_prompts(tmp_path):
+    import json
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": [{"role": "user", "content": "Tell me a joke"}]}) + "\n")
+    argv = ["--prompts", str(prompts), "--num-generations", "2", "--batch-size", "2", "--max-new-tokens", "4",
+            "--no-progress", "--out", str(tmp_path / "c.jsonl")]
+    assert collect.cli(argv) == 0
+    [item] = load_collection(tmp_path / "c.jsonl")
+    assert item.prompt == "\n\nHuman: Tell me a joke\n\nAssistant:"  # the default tokenizer has no chat template
+
+
 def test_collect_refuses_bad_flags(tmp_path, capsys):
     assert collect.cli(["--num-generations", "0", "--out", str(tmp_path / "c.jsonl")]) == 2
     assert "--num-generations 0" in capsys.readouterr().err

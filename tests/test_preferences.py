@@ -46,7 +46,8 @@ GOOD = {"prompt": "p", "chosen": "a", "rejected": "b"}
     [
         ('{"prompt": "p", "chosen": "a"', "invalid JSON"),
         ("[1, 2]", "expected a JSON object"),
-        (json.dumps({"chosen": "a", "rejected": "b"}), "missing key 'prompt'"),
+        (json.dumps({"chosen": "a", "rejected": "b"}), r"share no '\n\nAssistant:' turn"),  # not HH-RLHF either
+        (json.dumps({"responses": ["a", "b"]}), "missing key 'prompt'"),
         (json.dumps({"prompt": "p", "chosen": "a"}), "missing key 'rejected'"),
         (json.dumps({"prompt": "p", "rejected": "a"}), "missing key 'chosen'"),
         (json.dumps({"prompt": 1, "chosen": "a", "rejected": "b"}), "'prompt' must be a string"),

@@ -102,12 +102,12 @@ def test_truncation_and_overlong_prompt():
     assert encode_demonstration(tok, {"prompt": "abcdef", "response": "g"}, "x:1", max_length=5) is None
 
 
-def test_chat_rows_without_template_use_a_transcript():
-    tok = char_tokenizer(ALPHABET + ":\n")
+def test_chat_rows_without_template_use_the_plain_hh_transcript():
+    tok = char_tokenizer(ALPHABET + "HA:\n")
     row = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
     d = encode_demonstration(tok, row, "x:1", max_length=64)
     text = tok.decode(d.input_ids[: d.prompt_len], skip_special_tokens=True)
-    assert text == "user: hi\nassistant:"
+    assert text == "\n\nHuman: hi\n\nAssistant:"
     assert tok.decode(d.input_ids[d.prompt_len :], skip_special_tokens=True) == " yo"
     assert d.input_ids[-1] == tok.eos_token_id
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from text_env.task import Task
+from text_env.task import Prompt, Task
 
 
 def task_spaces(task: Task) -> tuple[spaces.Dict, spaces.Discrete]:
@@ -47,8 +47,9 @@ class EpisodeBatch:
         self.done = np.ones(n, dtype=bool)  # (n,) episode over (or never started)
         self.masks: np.ndarray | None = None  # (n, V) int8 allowed next tokens, once a masked task starts a row
 
-    def start(self, i: int, prompt: str) -> dict[str, Any]:
-        """Start row ``i``'s episode from ``prompt``; returns its reset ``info``."""
+    def start(self, i: int, prompt: Prompt) -> dict[str, Any]:
+        """Start row ``i``'s episode from ``prompt`` (text, or a conversation the task renders); returns ``info``."""
+        prompt = self.task.render_prompt(prompt)
         ids = self.task.encode_prompt(prompt)
         self.prompts[i] = prompt
         self.response_ids[i] = []

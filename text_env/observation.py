@@ -23,16 +23,14 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def lm_inputs(
-    input_ids: torch.Tensor, attention_mask: torch.Tensor, past_key_values: Any = None
-) -> dict[str, Any]:
+def lm_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor, cache: Any = None) -> dict[str, Any]:
     """Keyword arguments for a causal LM reading a batch of observations ``(N, W)``.
 
     Without a cache, the all-padding columns on the left are dropped (right-aligned windows:
-    the longest row decides). With ``past_key_values``, ``input_ids`` holds only the new
-    tokens and ``attention_mask`` covers cache and new tokens, as Hugging Face expects.
+    the longest row decides). With ``cache``, ``input_ids`` holds only the new tokens and
+    ``attention_mask`` covers cache and new tokens, as Hugging Face expects.
     """
-    if past_key_values is None:
+    if cache is None:
         keep = max(int(attention_mask.sum(-1).max()), 1)
         input_ids, attention_mask = input_ids[:, -keep:], attention_mask[:, -keep:]  # (N, T)
     inputs = {
@@ -40,8 +38,8 @@ def lm_inputs(
         "attention_mask": attention_mask,
         "position_ids": position_ids(attention_mask)[:, -input_ids.shape[1] :],  # (N, new tokens)
     }
-    if past_key_values is not None:
-        inputs["past_key_values"] = past_key_values
+    if cache is not None:
+        inputs["cache"] = cache
     return inputs
 
 
@@ -69,7 +67,7 @@ def next_token_logits(
     attention_mask: torch.Tensor,
     vocab_size: int,
     *,
-    past_key_values: Any = None,
+    cache: Any = None,
     temperature: float = 1.0,
     action_mask: torch.Tensor | None = None,
     **model_kwargs: Any,
@@ -79,14 +77,14 @@ def next_token_logits(
     Args:
         model: a causal LM (``model(input_ids, attention_mask, position_ids, ...)`` returning ``.logits``).
         input_ids: ``(N, W)`` observation tokens (long, on the model's device); with
-            ``past_key_values``, the new tokens only.
-        attention_mask: ``(N, W)`` 1 on real tokens; with ``past_key_values``, covering cache and new tokens.
+            ``cache``, the new tokens only.
+        attention_mask: ``(N, W)`` 1 on real tokens; with ``cache``, covering cache and new tokens.
         vocab_size: the env's action count; the logits are sliced to it.
-        past_key_values: the model's cache of the tokens before ``input_ids``.
+        cache: the model's KV cache (``out.cache`` of an earlier call) of the tokens before ``input_ids``.
         temperature: the logits are divided by it (sampling and scoring alike).
         action_mask: bool ``(N, vocab_size)``, False for tokens that get probability 0.
         model_kwargs: passed to the model as they are (``use_cache``, ``logits_to_keep``,
             ``output_hidden_states``); the output carries what they ask for.
     """
-    out = model(**lm_inputs(input_ids, attention_mask, past_key_values), **model_kwargs)
+    out = model(**lm_inputs(input_ids, attention_mask, cache), **model_kwargs)
     return action_logits(out.logits[:, -1], vocab_size, temperature, action_mask), out

@@ -14,8 +14,11 @@ from typing import Any, Literal
 import numpy as np
 
 from reward_models import RewardModel, checked_scores
+from reward_models.chat import Messages, check_messages, has_chat_template, is_messages, render_messages
 
-PromptSource = Sequence[str] | Callable[[np.random.Generator], str]
+Prompt = str | Messages
+"""A prompt: text, or a conversation (``[{"role", "content"}, ...]``) rendered with the task's tokenizer."""
+PromptSource = Sequence[Prompt] | Callable[[np.random.Generator], Prompt]
 """A list of prompts drawn uniformly, or a function drawing one prompt from the env's RNG."""
 
 ActionMaskRule = Callable[[str, Sequence[int]], np.ndarray]
@@ -39,7 +42,9 @@ class Task:
     """A prompt source, a tokenizer, a reward model, a stop rule and an optional action mask."""
 
     prompts: PromptSource
-    """Prompts to start episodes from: a non-empty sequence (drawn uniformly) or ``f(rng) -> str``."""
+    """Prompts to start episodes from: a non-empty sequence (drawn uniformly) or ``f(rng) -> prompt``. A prompt
+    is a string or a conversation (a list of ``{"role", "content"}`` messages), which :meth:`render_prompt` turns
+    into text with the tokenizer's chat template (else the plain transcript of :mod:`reward_models.chat`)."""
     tokenizer: Any
     """A Hugging Face tokenizer (``PreTrainedTokenizerBase``); its length is the action space size."""
     reward_model: RewardModel
@@ -69,16 +74,15 @@ class Task:
     name: str = "text"
     """Shown in errors and reports."""
     _prompt_cache: dict[str, list[int]] = field(default_factory=dict, init=False, repr=False)
+    _templated: set[str] = field(default_factory=set, init=False, repr=False)
     _stop_tail: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not callable(self.prompts):
-            self.prompts = list(self.prompts)
-            if not self.prompts:
+            prompts = list(self.prompts)
+            if not prompts:
                 raise ValueError(f"Task {self.name!r}: the prompt source is empty; give at least one prompt.")
-            bad = [(i, type(p).__name__) for i, p in enumerate(self.prompts) if not isinstance(p, str)]
-            if bad:
-                raise TypeError(f"Task {self.name!r}: prompts[{bad[0][0]}] is {bad[0][1]}, not str.")
+            self.prompts = [self.render_prompt(p, f"prompts[{i}]") for i, p in enumerate(prompts)]
         if self.max_new_tokens < 1 or self.max_prompt_tokens < 1:
             raise ValueError(
                 f"Task {self.name!r}: max_new_tokens={self.max_new_tokens} and "
@@ -120,21 +124,43 @@ class Task:
 
     # ---- prompts --------------------------------------------------------------------
     def sample_prompt(self, rng: np.random.Generator) -> str:
-        """Draw one prompt with the env's RNG, so a seed fixes the prompt sequence."""
+        """Draw one prompt (as text) with the env's RNG, so a seed fixes the prompt sequence."""
         if callable(self.prompts):
-            prompt = self.prompts(rng)
-            if not isinstance(prompt, str):
-                raise TypeError(f"Task {self.name!r}: the prompt function returned {type(prompt).__name__}, not str.")
-            return prompt
+            return self.render_prompt(self.prompts(rng), "the prompt function's result")
         return self.prompts[int(rng.integers(len(self.prompts)))]
 
+    def render_prompt(self, prompt: Prompt, what: str = "prompt") -> str:
+        """``prompt`` as text: a string as it is, a conversation rendered for the assistant to answer.
+
+        The rendering is :func:`reward_models.chat.render_messages` with ``add_generation_prompt=True``,
+        the one SFT's chat rows and conversational preference data use.
+        """
+        if isinstance(prompt, str):
+            return prompt
+        if not is_messages(prompt):
+            raise TypeError(
+                f"Task {self.name!r}: {what} is {type(prompt).__name__}; a prompt is a str or a list of "
+                "{'role','content'} messages."
+            )
+        text = render_messages(self.tokenizer, check_messages(prompt, f"Task {self.name!r}", what), True)
+        if has_chat_template(self.tokenizer):
+            self._templated.add(text)
+        return text
+
     def encode_prompt(self, prompt: str) -> list[int]:
-        """Token ids of ``prompt``, fitted to ``max_prompt_tokens`` as ``long_prompt`` says."""
+        """Token ids of ``prompt``, fitted to ``max_prompt_tokens`` as ``long_prompt`` says.
+
+        A prompt rendered by the chat template carries the special tokens the template writes,
+        so none are added (as for SFT's chat rows, agents/demonstrations.py).
+        """
         if not isinstance(prompt, str):
-            raise TypeError(f"Task {self.name!r}: a prompt must be str, got {type(prompt).__name__}.")
+            raise TypeError(
+                f"Task {self.name!r}: a prompt must be str, got {type(prompt).__name__}; render a conversation "
+                "with task.render_prompt(messages) first."
+            )
         ids = self._prompt_cache.get(prompt)
         if ids is None:
-            ids = list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+            ids = list(self.tokenizer(prompt, add_special_tokens=prompt not in self._templated)["input_ids"])
             if not ids:
                 raise ValueError(
                     f"Task {self.name!r}: prompt {prompt!r} is empty after tokenisation and the tokenizer "

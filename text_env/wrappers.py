@@ -159,11 +159,11 @@ class KLRewardWrapper(gym.Wrapper):
             # All ones, cache included: the agent may emit the pad token, and it is real text here.
             torch.ones(1, len(tokens), dtype=torch.long, device=self.device),  # (1, T)
             self.n_actions,  # the model's vocabulary sliced to the action space
-            past_key_values=self._past if grown else None,
+            cache=self._past if grown else None,
             action_mask=allowed,
             use_cache=self.use_cache,
         )
-        self._past = out.past_key_values if self.use_cache else None
+        self._past = out.cache if self.use_cache else None
         self._tokens = tokens
         logprobs = torch.log_softmax(logits[0], dim=-1)  # (A,)
         if allowed is not None:

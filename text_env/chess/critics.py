@@ -145,6 +145,14 @@ class StockfishCritic:
         """Process id of the running engine, or None when none runs."""
         return None if self._engine is None else self._engine.transport.get_pid()
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Refuse to be pickled: the engine process and its lock belong to this process."""
+        raise TypeError(
+            "a StockfishCritic holds a running engine and cannot be sent to another process (spawn or "
+            "forkserver vector envs, SB3's SubprocVecEnv); pass critic='stockfish' with its options "
+            "(depth=..., stockfish_path=...) instead, so that every worker starts its own engine."
+        )
+
     def __repr__(self) -> str:
         return f"StockfishCritic(path={self.path!r}, limit={self.limit})"
 

@@ -13,6 +13,7 @@ from text_env.chess.critics import make_critic
 from text_env.chess.moves import MAX_FEN_TOKENS, MAX_MOVE_CHARS, LegalMoveMask, chess_tokenizer, move_info
 from text_env.chess.positions import load_positions
 from text_env.env import TextGenerationEnv
+from text_env.factory import prepare_worker
 from text_env.task import Task
 from text_env.vector_env import TextGenerationVectorEnv
 
@@ -27,6 +28,7 @@ def chess_task(
 
     ``critic_options`` go to the critic (e.g. ``depth=6``, ``stockfish_path=...``).
     """
+    prepare_worker()
     tokenizer = chess_tokenizer()
     return Task(
         prompts=load_positions(positions),
