@@ -12,7 +12,7 @@ APT_PACKAGES := chromium chromium-driver fortunes stockfish gnuchess-book pgn-ex
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-all lint bench defaults system-deps clean
+.PHONY: demo demo-full test test-all lint bench defaults system-deps clean
 
 $(TORCH_STAMP):
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ system-deps:
 
 demo: $(DEMO_STAMP)
 	$(VENV)/bin/rlhf-gym pipeline --out runs/demo
+
+# The larger published comparison (README): every agent on a bigger budget, PPOKL with its own defaults.
+demo-full: $(DEMO_STAMP)
+	$(VENV)/bin/rlhf-gym pipeline --out runs/demo-full --timesteps 196608 --agent-settings \
+	  "ppo_kl.num_ppo_epochs=4,ppo_kl.learning_rate=5e-5,rloo.timesteps=196608,sb3_ppo.timesteps=12288"
 
 test: $(TEST_STAMP) system-deps
 	$(VENV)/bin/ruff check .

@@ -56,9 +56,10 @@ class PipelineConfig:
     agent_settings: str = ""
     """Per-agent config fields over the registry's, as AGENT.FIELD=VALUE pairs separated by commas, e.g.
     "rloo.learning_rate=1e-4,sb3_ppo.timesteps=6144" (timesteps: that agent's token budget)."""
-    timesteps: int = 196_608
-    """Token budget of each agent (env steps, as SB3's total_timesteps) unless its registry entry sets its own
-    (SB3 PPO: 12,288, each of its tokens costing about 19x more). PPOKL's KL levels off after about 80k."""
+    timesteps: int = 163_840
+    """Token budget of the agents (env steps, as SB3's total_timesteps), times each one's registry share
+    (RLOO: 0.6, 98,304 tokens; SB3 PPO: 0.0375, 6,144 tokens, each costing about 19x more). PPOKL's KL
+    levels off after about 80k tokens; the rest buys reward at that KL (README, Step 3)."""
     batch_size: int = 128
     """Episodes per iteration of the agents that take it (PPOKL, RLOO)."""
     beta: float = PPOKLConfig.beta
@@ -111,9 +112,9 @@ class PipelineConfig:
         return parse_agent_settings(self.agent_settings)
 
     def budget(self, name: str) -> int:
-        """Agent ``name``'s token budget: its ``timesteps`` setting, else its registry entry's, else ``timesteps``."""
+        """Agent ``name``'s token budget: its ``timesteps`` setting, else its registry share of ``timesteps``."""
         override = self.settings_by_agent.get(name, {}).get("timesteps")
-        return override or get_agent(name).timesteps or self.timesteps
+        return override or max(1, round(get_agent(name).budget_share * self.timesteps))
 
     def agent_config(self, name: str, log_dir: str) -> Any:
         """Agent ``name``'s config: the common settings it takes, its registry settings, then ``agent_settings``."""
