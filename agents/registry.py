@@ -125,16 +125,11 @@ def parse_agent_settings(text: str, flag: str = "--agent-settings") -> dict[str,
     return settings
 
 
-# The demo's settings (README, "The main job"): a 10-minute budget on 2 slow cores. PPOKL takes 2 PPO
-# epochs at twice PPOKLConfig's step size: the same gold per nat of KL as its 4 epochs (0.83x best-of-n's
-# gain at the same KL against 0.84x) at 60% of the cost.
-register_agent(AgentSpec("ppo_kl", "PPOKL", "agents.ppo_kl:PPOKL", "agents.ppo_kl:PPOKLConfig",
-                         {"num_ppo_epochs": 2, "learning_rate": 1e-4}, color="tab:red"))
-# RLOO on 60% of the tokens (98,304), to keep the demo within 10 minutes on 2 slow cores.
+register_agent(AgentSpec("ppo_kl", "PPOKL", "agents.ppo_kl:PPOKL", "agents.ppo_kl:PPOKLConfig", color="tab:red"))
 register_agent(AgentSpec("rloo", "RLOO", "agents.rloo:RLOO", "agents.rloo:RLOOConfig", {"learning_rate": 3e-4},
-                         budget_share=0.6, color="tab:green"))
-# SB3 on 3.75% of the tokens (6,144): its update re-encodes the whole window for every token, about
-# 19x PPOKL's cost per token (bench/sb3_vs_ppokl.py).
+                         color="tab:green"))
+# SB3 on a sixteenth of the tokens (12,288): its update re-encodes the whole window for every token,
+# about 19x PPOKL's cost per token (bench/sb3_vs_ppokl.py).
 register_agent(AgentSpec("sb3_ppo", "SB3 PPO + KL wrapper", "agents.sb3_ppo:SB3PPO", "agents.sb3_ppo:SB3PPOConfig",
                          {"learning_rate": 1e-4, "num_ppo_epochs": 1, "num_envs": 16, "n_steps": 32,
-                          "num_mini_batches": 4}, budget_share=0.0375, color="tab:purple"))
+                          "num_mini_batches": 4}, budget_share=1 / 16, color="tab:purple"))

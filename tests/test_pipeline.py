@@ -115,7 +115,7 @@ def test_the_demo_builds_each_agent_from_the_registry_with_its_own_settings():
     assert config.agent_names == ["ppo_kl", "rloo", "sb3_ppo"]
     ppo = config.agent_config("ppo_kl", "logs/ppo_kl")
     assert (ppo.beta, ppo.learning_rate, ppo.num_mini_batches, ppo.num_ppo_epochs, ppo.kl_target) == \
-        (0.3, 1e-4, 2, 2, None)
+        (0.3, 5e-5, 2, 4, None)
     rloo = config.agent_config("rloo", "logs/rloo")
     assert (rloo.beta, rloo.learning_rate, rloo.num_generations) == (0.3, 3e-4, 4)
     for agent in (ppo, rloo):
@@ -124,7 +124,7 @@ def test_the_demo_builds_each_agent_from_the_registry_with_its_own_settings():
     assert (sb3.learning_rate, sb3.num_ppo_epochs, sb3.num_mini_batches) == (1e-4, 1, 4)
     assert (sb3.num_envs, sb3.n_steps) == (16, 32)
     assert (sb3.beta, sb3.seed, sb3.save_steps, sb3.log_dir) == (0.3, 0, 4, "logs/sb3_ppo")
-    assert [config.budget(n) for n in config.agent_names] == [163_840, 98_304, 6_144]
+    assert [config.budget(n) for n in config.agent_names] == [196_608, 196_608, 12_288]
 
     custom = PipelineConfig(agent_settings="rloo.learning_rate=1e-4, sb3_ppo.timesteps=12288,ppo_kl.kl_target=none")
     assert custom.agent_config("rloo", "x").learning_rate == 1e-4 and custom.budget("sb3_ppo") == 12288
@@ -150,7 +150,7 @@ def test_a_registered_agent_joins_the_pipeline_without_touching_it(monkeypatch):
     config = PipelineConfig(agents="ppo_kl,ppo_kl_fast", agent_settings="ppo_kl_fast.num_mini_batches=4")
     fast = config.agent_config("ppo_kl_fast", "x")
     assert (fast.learning_rate, fast.num_mini_batches, fast.beta) == (3e-4, 4, 0.3)
-    assert config.budget("ppo_kl_fast") == 40_960  # a quarter of the pipeline's 163,840
+    assert config.budget("ppo_kl_fast") == 49_152  # a quarter of the pipeline's 196,608
 
 
 def test_resuming_with_other_settings_is_refused(tmp_path, monkeypatch):

@@ -56,10 +56,10 @@ class PipelineConfig:
     agent_settings: str = ""
     """Per-agent config fields over the registry's, as AGENT.FIELD=VALUE pairs separated by commas, e.g.
     "rloo.learning_rate=1e-4,sb3_ppo.timesteps=6144" (timesteps: that agent's token budget)."""
-    timesteps: int = 163_840
+    timesteps: int = 196_608
     """Token budget of the agents (env steps, as SB3's total_timesteps), times each one's registry share
-    (RLOO: 0.6, 98,304 tokens; SB3 PPO: 0.0375, 6,144 tokens, each costing about 19x more). PPOKL's KL
-    levels off after about 80k tokens; the rest buys reward at that KL (README, Step 3)."""
+    (SB3 PPO: 1/16, 12,288 tokens, each costing about 19x more). PPOKL's KL levels off after about 80k
+    tokens; the rest buys reward at that KL (README, Step 3)."""
     batch_size: int = 128
     """Episodes per iteration of the agents that take it (PPOKL, RLOO)."""
     beta: float = PPOKLConfig.beta
