@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10, help="timed steps per method (default 10)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed first steps per method (default 1)")
-    parser.add_argument("--lr", type=float, default=3e-4, help="learning rate of all three (default 3e-4)")
+    parser.add_argument("--learning-rate", type=float, default=3e-4, help="learning rate of all three (default 3e-4)")
     parser.add_argument("--eval-prompts", type=int, default=64, help="held-out prompts to evaluate on (default 64)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -121,14 +121,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     eval_prompts = load_prompts(default_eval_prompts_path())[: args.eval_prompts]
     reference = load_causal_lm(default_policy_path(), device="cpu")
     print(f"load average {load:.2f}; torch threads {torch.get_num_threads()}; {EPISODES} episodes "
-          f"({EPISODES // K} prompts x {K}) of <= {MAX_NEW_TOKENS} tokens per step; beta {BETA}; lr {args.lr}; "
+          f"({EPISODES // K} prompts x {K}) of <= {MAX_NEW_TOKENS} tokens per step; beta {BETA}; "
+          f"learning rate {args.learning_rate}; "
           f"{args.warmup} warm-up + {args.steps} timed steps each\n")
 
     runs: dict[str, Callable[[], tuple[Any, Timings]]] = {}
-    runs["TRL RLOOTrainer"] = lambda: trl_rloo(task, prompts, args.steps, args.warmup, args.lr, args.seed)
+    runs["TRL RLOOTrainer"] = lambda: trl_rloo(task, prompts, args.steps, args.warmup, args.learning_rate, args.seed)
     with tempfile.TemporaryDirectory() as logs:
-        common = dict(batch_size=EPISODES, learning_rate=args.lr, anneal_lr=False, seed=args.seed, save_steps=0,
-                      device="cpu")
+        common = dict(batch_size=EPISODES, learning_rate=args.learning_rate, anneal_lr=False, seed=args.seed,
+                      save_steps=0, device="cpu")
         runs["agents.RLOO"] = lambda: ours(
             RLOO(task, copy.deepcopy(reference),
                  RLOOConfig(num_generations=K, beta=BETA, log_dir=f"{logs}/rloo", **common)),

@@ -49,11 +49,11 @@ def response_logprob(policy: torch.nn.Module, final_obs: dict[str, np.ndarray], 
     return (token_logp * in_response).sum(1)  # (B,)
 
 
-def run(env: gym.Env, policy: torch.nn.Module, episodes: int, batch: int = 16, lr: float = 2e-5,
+def run(env: gym.Env, policy: torch.nn.Module, episodes: int, batch: int = 16, learning_rate: float = 2e-5,
         seed: int = 0) -> list[float]:
     """Train ``policy`` on ``env`` for ``episodes`` episodes; returns the mean return of each update."""
     n_actions = int(env.action_space.n)
-    optimizer = torch.optim.Adam(policy.parameters(), lr=lr)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=learning_rate)
     generator = torch.Generator().manual_seed(seed)
     policy.eval()  # dropout off: sampling and scoring must see the same distribution
     env.reset(seed=seed)
@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> list[float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, default=512, help="training episodes (default 512)")
     parser.add_argument("--batch", type=int, default=16, help="episodes per update (default 16)")
-    parser.add_argument("--lr", type=float, default=2e-5, help="Adam learning rate (default 2e-5)")
+    parser.add_argument("--learning-rate", type=float, default=2e-5, help="Adam learning rate (default 2e-5)")
     parser.add_argument("--model", default=None,
                         help="a Hugging Face causal LM folder; the env then uses its tokenizer (default: embedded)")
     parser.add_argument("--seed", type=int, default=0)
@@ -102,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> list[float]:
     torch.manual_seed(args.seed)
     env = gym.make("RLHFText-v0") if args.model is None else gym.make("RLHFText-v0", model=args.model)
     policy = AutoModelForCausalLM.from_pretrained(args.model or default_policy_path(), dtype=torch.float32)
-    history = run(env, policy, args.episodes, batch=args.batch, lr=args.lr, seed=args.seed)
+    history = run(env, policy, args.episodes, batch=args.batch, learning_rate=args.learning_rate, seed=args.seed)
     print(f"mean return: first update {history[0]:+.3f}, last update {history[-1]:+.3f}")
     return history
 

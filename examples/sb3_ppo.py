@@ -68,14 +68,14 @@ class ScoreAndKL(BaseCallback):
 
 
 def run(task: Task, policy: torch.nn.Module, timesteps: int, beta: float = 0.05, entropy_bonus: bool = False,
-        n_envs: int = 4, n_steps: int = 64, lr: float = 3e-5, seed: int = 0) -> list[tuple[float, float]]:
+        num_envs: int = 4, n_steps: int = 64, learning_rate: float = 3e-5, seed: int = 0) -> list[tuple[float, float]]:
     """PPO-train ``policy`` (in place) on ``task`` against a frozen copy; returns (score, KL) per rollout."""
     reference = copy.deepcopy(policy)  # shared by the sub-envs' wrappers: read-only, each keeps its own cache
     venv = make_vec_env(lambda: KLRewardWrapper(gym.make("RLHFText-v0", task=task), reference, beta),
-                        n_envs=n_envs, seed=seed)
+                        n_envs=num_envs, seed=seed)
     model = PPO(
         LMActorCriticPolicy, venv, policy_kwargs=lm_policy_kwargs(policy),
-        learning_rate=lr, n_steps=n_steps, batch_size=n_steps * n_envs // 4, n_epochs=4,
+        learning_rate=learning_rate, n_steps=n_steps, batch_size=n_steps * num_envs // 4, n_epochs=4,
         gamma=1.0, gae_lambda=0.95, clip_range=0.2, vf_coef=0.1, max_grad_norm=1.0,
         ent_coef=beta if entropy_bonus else 0.0,
         seed=seed,
@@ -91,9 +91,9 @@ def main(argv: Sequence[str] | None = None) -> list[tuple[float, float]]:
     parser.add_argument("--beta", type=float, default=0.05, help="KL coefficient (default 0.05)")
     parser.add_argument("--entropy-bonus", action="store_true",
                         help="ent_coef=beta instead of KLPenaltyCallback: the generic route (responses collapse)")
-    parser.add_argument("--n-envs", type=int, default=4, help="parallel episodes (default 4)")
+    parser.add_argument("--num-envs", type=int, default=4, help="parallel episodes (default 4)")
     parser.add_argument("--n-steps", type=int, default=64, help="tokens per sub-env per PPO rollout (default 64)")
-    parser.add_argument("--lr", type=float, default=3e-5, help="Adam learning rate (default 3e-5)")
+    parser.add_argument("--learning-rate", type=float, default=3e-5, help="Adam learning rate (default 3e-5)")
     parser.add_argument("--model", default=None,
                         help="a Hugging Face causal LM folder; the env then uses its tokenizer (default: embedded)")
     parser.add_argument("--seed", type=int, default=0)
@@ -105,8 +105,8 @@ def main(argv: Sequence[str] | None = None) -> list[tuple[float, float]]:
     torch.manual_seed(args.seed)
     task = default_task(model=args.model)
     policy = load_causal_lm(args.model or default_policy_path(), device="cpu")
-    history = run(task, policy, args.timesteps, beta=args.beta, entropy_bonus=args.entropy_bonus, n_envs=args.n_envs,
-                  n_steps=args.n_steps, lr=args.lr, seed=args.seed)
+    history = run(task, policy, args.timesteps, beta=args.beta, entropy_bonus=args.entropy_bonus,
+                  num_envs=args.num_envs, n_steps=args.n_steps, learning_rate=args.learning_rate, seed=args.seed)
     if history:
         (s0, k0), (s1, k1) = history[0], history[-1]
         print(f"first rollout: score {s0:+.3f}, KL {k0:.3f}; last rollout: score {s1:+.3f}, KL {k1:.3f}")

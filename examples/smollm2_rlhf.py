@@ -153,10 +153,10 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="smoke-run budget (fewer prompts and updates)")
     parser.add_argument("--out", default=None, help="output folder (default: a temporary one)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate of the LoRA adapters")
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate of the LoRA adapters")
     args = parser.parse_args()
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="smollm2-rlhf-"))
-    result = run(out, TINY if args.tiny else FULL, seed=args.seed, learning_rate=args.lr)
+    result = run(out, TINY if args.tiny else FULL, seed=args.seed, learning_rate=args.learning_rate)
     for when in ("before", "after"):
         r = result[when]
         print(f"{when:6s} RL: proxy {r['proxy']:+.3f}  gold {r['gold']:+.3f}  length {r['length']:.1f}  "

@@ -28,7 +28,7 @@ def default_assets_or_skip() -> None:
 def test_reinforce_learns_the_count_task():
     task = count_task(max_new_tokens=6)
     history = reinforce_gymnasium.run(gym.make("RLHFText-v0", task=task), tiny_lm(task), episodes=256, batch=16,
-                                      lr=1e-2)
+                                      learning_rate=1e-2)
     assert len(history) == 16
     assert history[0] < 1.5 and history[-1] > 4.0  # random init ~0.4 'a' per response, cap 6
 
@@ -56,7 +56,7 @@ def test_sb3_example_starts_at_zero_kl_and_trains():
     task = count_task(max_new_tokens=4)
     policy = tiny_lm(task)
     before = [p.detach().clone() for p in policy.parameters()]
-    history = sb3_ppo.run(task, policy, timesteps=64, n_envs=2, n_steps=16, lr=1e-3)
+    history = sb3_ppo.run(task, policy, timesteps=64, num_envs=2, n_steps=16, learning_rate=1e-3)
     assert len(history) == 2
     # Before the first update pi == pi_ref, so the adapter's log pi and the wrapper's log pi_ref agree exactly.
     assert history[0][1] == pytest.approx(0.0, abs=1e-4)
@@ -65,7 +65,7 @@ def test_sb3_example_starts_at_zero_kl_and_trains():
 
 @pytest.mark.parametrize("example, argv", [
     ("reinforce_gymnasium", ["--episodes", "4", "--batch", "2"]),
-    ("sb3_ppo", ["--timesteps", "64", "--n-envs", "2", "--n-steps", "32"]),
+    ("sb3_ppo", ["--timesteps", "64", "--num-envs", "2", "--n-steps", "32"]),
 ])
 def test_examples_main_on_default_assets(example, argv):
     default_assets_or_skip()
