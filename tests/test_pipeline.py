@@ -249,3 +249,14 @@ def test_an_interrupted_agent_resumes_from_its_checkpoint(tmp_path, monkeypatch)
     assert steps == list(range(1, len(steps) + 1)) and len(steps) > 2  # continued at 3, no step logged twice
     ev = json.loads(layout.agent_eval("ppo_kl").read_text())
     assert ev["train_timesteps"] >= 384 and ev["train_episodes"] == 8 * len(steps)
+
+
+def test_the_demo_extra_installs_what_the_pipeline_agents_import():
+    """`make demo` installs `.[demo]` only: it must hold the SB3 adapter's imports (sb3-contrib too) and TensorBoard."""
+    from pathlib import Path
+
+    import tomllib
+
+    extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert set(extras["sb3"]) <= set(extras["demo"])
+    assert any(req.startswith("tensorboard") for req in extras["demo"])
