@@ -255,8 +255,8 @@ def test_the_demo_extra_installs_what_the_pipeline_agents_import():
     """`make demo` installs `.[demo]` only: it must hold the SB3 adapter's imports (sb3-contrib too) and TensorBoard."""
     from pathlib import Path
 
-    import tomllib
-
-    extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
     assert set(extras["sb3"]) <= set(extras["demo"])
     assert any(req.startswith("tensorboard") for req in extras["demo"])
