@@ -53,12 +53,15 @@ test: $(TEST_STAMP) system-deps
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
+lint: $(TEST_STAMP)
+	$(VENV)/bin/ruff check .
+
 test-all: $(TEST_STAMP) system-deps
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -m ""
 
 # Rebuild the embedded default assets from scratch (seeded; about 15 minutes on 2 cores).
-defaults: $(TEST_STAMP) system-deps
+defaults: $(DEMO_STAMP) system-deps
 	$(VENV)/bin/rlhf-gym build-defaults
 
 bench: $(TEST_STAMP)

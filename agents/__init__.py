@@ -1,6 +1,6 @@
 """Policies and RL algorithms that optimise language models on text_env environments."""
 
-from agents.base import AgentConfig
+from agents.agent_config import AgentConfig
 from agents.best_of_n import BestOfN, BestOfNConfig
 from agents.ppo_kl import PPOKL, PPOKLConfig
 from agents.random_agent import RandomAgent

@@ -12,96 +12,37 @@ data parallelism under ``torchrun`` (:mod:`agents.distributed`) and Ray rollout 
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from agents.agent_config import RESUMABLE_CHANGES, AgentConfig, TrainConfig
 from agents.distributed import DistInfo, check_data_parallel, init_distributed, reduce_gradients
-from agents.lora import LoraSettings
 from agents.models import PolicyArg, agent_device, build_models, checkpoint_models, save_models
 from agents.rollout import RolloutBatch, make_rollout_env, reduced_precision, rollout, sample_next_token
 from agents.scoring import response_logprobs
-from rlhf_common.training import RunLogger, check_finite, config_dict, has_checkpoint, load_checkpoint, save_checkpoint
+from rlhf_common.training import (
+    STATE_FILE,
+    RunLogger,
+    check_finite,
+    check_same_config,
+    config_dict,
+    has_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from rlhf_common.training import progress_bar as make_progress_bar
 
-__all__ = ["Agent", "AgentConfig", "TrainConfig"]
-
-
-@dataclass
-class AgentConfig:
-    """Settings every agent has."""
-
-    batch_size: int = 64
-    """Episodes per iteration, generated together (the vector env's ``num_envs``)."""
-    temperature: float = 1.0
-    """Sampling temperature; every log-prob is computed at it too (docs/ppo_details.md #5)."""
-    seed: int = 0
-    """Seeds sampling, shuffling, the value-head init and the env's prompt draws."""
-    log_dir: str = "runs/agent"
-    """TensorBoard events, ``progress.csv`` and ``checkpoint/`` go here."""
-    save_steps: int = 10
-    """Save a resumable checkpoint every this many iterations (and at the end); 0 never."""
-    device: str = "auto"
-    """Torch device for the models: ``"auto"`` is CUDA when present, else CPU."""
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.temperature <= 0 or self.save_steps < 0:
-            raise ValueError(
-                f"batch_size={self.batch_size} must be >= 1, temperature={self.temperature} > 0 and "
-                f"save_steps={self.save_steps} >= 0."
-            )
-
-    def check_divides_batch(self, name: str, minimum: int = 1) -> None:
-        """Refuse a field ``name`` below ``minimum`` or not dividing ``batch_size`` (groups, minibatches)."""
-        value = getattr(self, name)
-        if value < minimum or self.batch_size % value:
-            raise ValueError(f"{name}={value} must be >= {minimum} and divide batch_size={self.batch_size}.")
-
-
-@dataclass
-class TrainConfig(AgentConfig):
-    """Settings every agent that updates its policy by gradient has."""
-
-    num_mini_batches: int = 4
-    """Minibatches per batch; each gives one optimiser step (or one gradient-accumulation part)."""
-    learning_rate: float = 1e-4
-    """Adam step size at the start. 1e-4 suits the embedded 4x256 policy (clip fraction ~0.1 falling
-    to 0.01); OAI used 1.41e-5 for GPT-2 124M: lower it for larger models."""
-    adam_eps: float = 1e-5
-    """Adam epsilon: 1e-5 as TF's default in lm-human-preferences, not PyTorch's 1e-8 (docs/ppo_details.md #14)."""
-    anneal_lr: bool = True
-    """Anneal the learning rate linearly to 0 over ``total_timesteps`` (OAI, CleanRL)."""
-    max_grad_norm: float = 1.0
-    """Clip the global gradient norm to this (CleanRL: 0.5; TRL: 1.0)."""
-    missing_eos_penalty: float = 0.0
-    """Extra score penalty when a response hits the length cap, on top of the task's own
-    (:meth:`agents.rollout.RolloutBatch.penalized_rewards`, docs/ppo_details.md #7)."""
-    lora: LoraSettings | None = None
-    """Train LoRA adapters instead of every weight (needs ``peft``); the reference is then the
-    policy with its adapters disabled, so no second copy of the model is held. None: full fine-tuning."""
-    rollout_workers: int = 0
-    """Ray actors that generate the batch, ``batch_size / rollout_workers`` episodes each, with the
-    weights synced after every update (needs ``ray``); 0 generates in this process."""
-    rollout_worker_gpus: float = 0.0
-    """GPUs Ray reserves for each rollout worker (fractions share one GPU); 0: CPU workers."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.check_divides_batch("num_mini_batches")
-        if isinstance(self.lora, dict):  # read back from a checkpoint's state.json
-            self.lora = LoraSettings(**self.lora)
-        if self.rollout_workers < 0 or self.rollout_worker_gpus < 0:
-            raise ValueError(f"rollout_workers={self.rollout_workers} and "
-                             f"rollout_worker_gpus={self.rollout_worker_gpus} must be >= 0.")
-        if self.rollout_workers and self.batch_size % self.rollout_workers:
-            raise ValueError(f"rollout_workers={self.rollout_workers} must divide batch_size={self.batch_size} "
-                             "(equal shares).")
+__all__ = ["Agent"]
 
 
 class Agent:
@@ -200,6 +141,9 @@ class Agent:
             raise ValueError(f"total_timesteps={total_timesteps} must be >= 1.")
         checkpoint = self.checkpoint_dir
         if resume and has_checkpoint(checkpoint):
+            saved = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))["config"]
+            check_same_config(saved, self.config, RESUMABLE_CHANGES, checkpoint,
+                              "resume with the same settings, or pass another log_dir for a new run.")
             self._restore(checkpoint, self.env)  # continue in place: the checkpoint's models, counters and RNG
         else:
             if resume:
@@ -276,7 +220,7 @@ class Agent:
         state. Under torchrun only rank 0 writes; every rank waits until it has.
         """
         if self.dist.is_main:
-            tensors: dict[str, Any] = {"generator": self.generator.get_state(), "torch_rng": torch.get_rng_state()}
+            tensors: dict[str, Any] = {"generator": self.generator.get_state(), "rng": rng_state()}
             if self.optimizer is not None:
                 tensors["optimizer"] = self.optimizer.state_dict()
             state = {
@@ -314,7 +258,7 @@ class Agent:
                              "that class.")
         self._setup(env, None, self.config_class(**state["config"]), None, checkpoint=path)
         self.generator.set_state(tensors["generator"])
-        torch.set_rng_state(tensors["torch_rng"])
+        set_rng_state(tensors["rng"])
         if self.optimizer is not None:
             self.optimizer.load_state_dict(tensors["optimizer"])
         self.num_timesteps, self.num_episodes = state["num_timesteps"], state["num_episodes"]
@@ -396,5 +340,4 @@ class Agent:
 
     def _check_finite(self, what: str, value: torch.Tensor) -> None:
         check_finite(value, what, f"iteration {self.iteration + 1}", self.checkpoint_dir,
-                     fix="learn(..., resume=True) (or --resume) continues from it; lower learning_rate or check "
-                     "the reward model.")
+                     fix="check the reward model, or lower learning_rate in a new run (another log_dir).")

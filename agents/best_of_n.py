@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 from gymnasium.vector import AutoresetMode
 
-from agents.base import Agent, AgentConfig
+from agents.agent_config import AgentConfig
+from agents.base import Agent
 from agents.command import agent_cli
 from agents.models import PolicyArg
 from agents.rollout import RolloutBatch, rollout

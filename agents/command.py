@@ -11,10 +11,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from agents.base import Agent
 from rlhf_common.config_cli import add_config_args, config_from_args, run_command
+from rlhf_common.training import set_torch_threads
 
 __all__ = ["agent_cli"]
 
@@ -43,8 +42,7 @@ def agent_cli(agent_class: type[Agent], argv: Sequence[str] | None, description:
 
 
 def _train(agent_class: type[Agent], args: argparse.Namespace) -> None:
-    if args.num_threads:
-        torch.set_num_threads(args.num_threads)
+    set_torch_threads(args.num_threads)
     config = config_from_args(agent_class.config_class, args)
     if agent_class.needs_policy:
         agent = agent_class(args.env, policy=args.policy, config=config)

@@ -34,7 +34,6 @@ class Demonstration:
     prompt_len: int
 
 
-
 def encode_demonstration(
     tokenizer: Any, row: dict[str, Any], where: str, max_length: int, append_eos: bool = True
 ) -> Demonstration | None:
@@ -148,7 +147,6 @@ def evaluate_loss(
     model.train(was_training)
     total, count = all_reduce(torch.tensor([total, count], dtype=torch.float64, device=device), info).tolist()
     return total / max(count, 1)
-
 
 
 class LengthGroupedBatches:

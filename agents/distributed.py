@@ -58,7 +58,7 @@ def check_data_parallel(info: DistInfo, name: str, supported: bool, batch_size: 
     if info.world_size == 1:
         return
     if not supported:
-        raise RuntimeError(
+        raise ValueError(
             f"{name} does not support torchrun data parallelism (WORLD_SIZE={info.world_size}); "
             "run it in one process, or use PPOKL or RLOO."
         )

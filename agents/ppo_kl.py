@@ -30,7 +30,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from agents.base import Agent, TrainConfig
+from agents.agent_config import TrainConfig
+from agents.base import Agent
 from agents.command import agent_cli
 from agents.distributed import all_gather_rows, all_reduce, broadcast_parameters, reduce_metrics
 from agents.lora import trainable_parameters

@@ -7,7 +7,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from agents.base import Agent, AgentConfig
+from agents.agent_config import AgentConfig
+from agents.base import Agent
 from agents.rollout import rollout
 
 
@@ -15,7 +16,7 @@ class RandomAgent(Agent):
     """Picks every token uniformly among those the action mask allows (all, without a mask).
 
     ``learn`` only measures it, batch after batch. Args: ``env`` as for
-    :class:`agents.PPOKL`; ``config``: :class:`agents.base.AgentConfig`.
+    :class:`agents.PPOKL`; ``config``: :class:`agents.agent_config.AgentConfig`.
     """
 
     needs_policy = False

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from agents.base import Agent, AgentConfig
+from agents.agent_config import AgentConfig
+from agents.base import Agent
 from agents.models import PolicyArg
 from agents.rollout import rollout
 
@@ -15,7 +16,7 @@ class ReferenceAgent(Agent):
     Args:
         env: a text env or id, as for :class:`agents.PPOKL`.
         policy: a causal LM, its folder, or None for the embedded default policy.
-        config: :class:`agents.base.AgentConfig` (batch size, temperature, seed, log dir).
+        config: :class:`agents.agent_config.AgentConfig` (batch size, temperature, seed, log dir).
     """
 
     needs_reference = False

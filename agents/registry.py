@@ -131,5 +131,4 @@ register_agent(AgentSpec("rloo", "RLOO", "agents.rloo:RLOO", "agents.rloo:RLOOCo
 # SB3 on a sixteenth of the tokens (12,288): its update re-encodes the whole window for every token,
 # about 19x PPOKL's cost per token (bench/sb3_vs_ppokl.py).
 register_agent(AgentSpec("sb3_ppo", "SB3 PPO + KL wrapper", "agents.sb3_ppo:SB3PPO", "agents.sb3_ppo:SB3PPOConfig",
-                         {"learning_rate": 1e-4, "num_ppo_epochs": 1, "num_envs": 16, "n_steps": 32,
-                          "num_mini_batches": 4}, budget_share=1 / 16, color="tab:purple"))
+                         budget_share=1 / 16, color="tab:purple"))

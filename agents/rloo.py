@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from agents.base import Agent, TrainConfig
+from agents.agent_config import TrainConfig
+from agents.base import Agent
 from agents.command import agent_cli
 from agents.distributed import DistInfo, all_gather_rows, all_reduce, reduce_metrics
 from agents.lora import trainable_parameters

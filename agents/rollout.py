@@ -21,8 +21,8 @@ import torch
 from gymnasium.vector import AutoresetMode
 
 from text_env import Task, TextGenerationEnv, TextGenerationVectorEnv
-from text_env.observation import action_logits, next_token_logits
-from text_env.task import missing_eos_penalties
+from text_env.observation import action_logits, next_token_logits, position_ids
+from text_env.task import END_EOS, missing_eos_penalties
 
 __all__ = [
     "RolloutBatch",
@@ -81,13 +81,18 @@ class RolloutBatch:
         """(B,) response lengths in tokens."""
         return self.response_mask.sum(1)
 
+    @property
+    def ended_by_eos(self) -> np.ndarray:
+        """(B,) bool: the response ended on the tokenizer's EOS (not a stop string or the length cap)."""
+        return np.array([info["end_reason"] == END_EOS for info in self.infos])
+
     def metrics(self) -> dict[str, float]:
         """Episode statistics every agent logs: proxy and gold score, length, share ended by EOS."""
         out = {
             "score": float(self.scores.mean()),
             "reward": float(self.rewards.mean()),
             "response_length": float(self.lengths.float().mean()),
-            "eos_fraction": float(np.mean([info["end_reason"] == "eos" for info in self.infos])),
+            "eos_fraction": float(np.mean(self.ended_by_eos)),
         }
         gold = self.gold_scores
         if gold is not None:
@@ -184,11 +189,6 @@ def _pick(logp: torch.Tensor, deterministic: bool, uniform: torch.Tensor) -> tor
     return token.clamp(max=logp.shape[-1] - 1)
 
 
-def _positions(mask: torch.Tensor) -> torch.Tensor:
-    # Left padding: each row's first real token is position 0 (docs/ppo_details.md #6).
-    return (mask.cumsum(-1) - 1).clamp(min=0)
-
-
 def _reset(env: gym.vector.VectorEnv, seed: int | None, group_size: int,
            prompts: Sequence[str] | None) -> dict[str, np.ndarray]:
     """Reset every sub-env; consecutive groups of ``group_size`` share one prompt."""
@@ -263,7 +263,7 @@ def rollout(
     # One preallocated mask for prompt + response of the live rows; column P+t is token t.
     attention = torch.zeros(n, prompt_len + max_new, dtype=torch.long, device=device)  # (b, P+T)
     attention[:, :prompt_len] = prompt_mask
-    position = _positions(prompt_mask)  # (b, P)
+    position = position_ids(prompt_mask)  # (b, P)
     if model is not None:
         # The samples of a group share their prompt: prefill it once and repeat its KV cache.
         first = slice(None, None, group_size)

@@ -33,11 +33,14 @@ from agents.sb3 import KLPenaltyCallback, LMActorCriticPolicy, lm_policy_kwargs
 from rlhf_common.io import save_dir_atomic
 from rlhf_common.training import (
     RunLogger,
+    check_same_config,
     has_checkpoint,
     load_checkpoint,
     progress_bar,
     quiet_transformers,
+    rng_state,
     save_checkpoint,
+    set_rng_state,
 )
 from text_env import Task
 
@@ -165,6 +168,9 @@ class SB3PPO:
         """
         resumed = resume and has_checkpoint(self.checkpoint_dir)
         if resumed:
+            saved, _ = load_checkpoint(self.checkpoint_dir)
+            check_same_config(saved["config"], self.config, {"save_steps"}, self.checkpoint_dir,
+                              "resume with the same settings, or pass another log_dir for a new run.")
             self._restore(self.checkpoint_dir)
         remaining = total_timesteps - self.model.num_timesteps
         if remaining > 0:
@@ -189,7 +195,8 @@ class SB3PPO:
         """Save the model, config and counters into the folder ``path``, atomically."""
         state = {"algorithm": type(self).__name__, "config": asdict(self.config), "policy": self.policy_path,
                  "num_episodes": self.num_episodes, "train_seconds": self.train_seconds, "rollouts": self.rollouts}
-        save_checkpoint(path, state, {}, write_models=lambda folder: self.model.save(folder / MODEL_FILE))
+        save_checkpoint(path, state, {"rng": rng_state()},
+                        write_models=lambda folder: self.model.save(folder / MODEL_FILE))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], env: Any) -> SB3PPO:
@@ -202,9 +209,10 @@ class SB3PPO:
         return agent
 
     def _restore(self, path: str | os.PathLike[str]) -> None:
-        state, _ = load_checkpoint(path)
+        state, tensors = load_checkpoint(path)
         with quiet_transformers():
             self.model = PPO.load(Path(path) / MODEL_FILE, env=self.venv, device=self.device)
+        set_rng_state(tensors["rng"])
         self.num_episodes, self.train_seconds, self.rollouts = (state["num_episodes"], state["train_seconds"],
                                                                  state["rollouts"])
 

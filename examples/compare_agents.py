@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from agents import PPOKL, RLOO, BestOfN, BestOfNConfig, PPOKLConfig, RandomAgent, ReferenceAgent, RLOOConfig
-from agents.base import AgentConfig
+from agents.agent_config import AgentConfig
 from rlhf_common.training import set_torch_threads
 from text_env.defaults import default_task
 

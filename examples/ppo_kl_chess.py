@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from agents import PPOKL, BestOfN, BestOfNConfig, PPOKLConfig, RandomAgent, ReferenceAgent
-from agents.base import AgentConfig
+from agents.agent_config import AgentConfig
 from rlhf_common.training import set_torch_threads
 from text_env.chess import (
     CHESS_POLICY,

@@ -35,7 +35,6 @@ class Normalization:
     """Number of reference samples."""
 
 
-
 def normalize_scores(
     model: Any,
     tokenizer: Any,

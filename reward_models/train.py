@@ -95,8 +95,6 @@ def ranking_loss(scores: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
     return -(F.logsigmoid(diff) * w).sum() / len(sizes)
 
 
-
-# ---- data --------------------------------------------------------------------------
 # ---- data --------------------------------------------------------------------------
 def _split(config: RewardTrainConfig, tokenizer: Any) -> tuple[list[Preference], list[Preference]]:
     """Training and validation preferences (conversations rendered with ``tokenizer``): val_data or val_fraction."""
@@ -122,7 +120,6 @@ def _reference(config: RewardTrainConfig, train: Sequence[Preference]) -> tuple[
             "scores to mean 0, std 1 needs at least 2. Give more samples or pass --no-normalize."
         )
     return [p for p, _ in pairs], [r for _, r in pairs]
-
 
 
 def _check_out_folder(out: Path) -> None:

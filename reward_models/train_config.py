@@ -80,7 +80,6 @@ class RewardTrainConfig:
             raise ValueError(f"RewardTrainConfig: max_steps={self.max_steps} must be >= 1 (or None for no limit).")
 
 
-
 @dataclass(frozen=True)
 class RewardTrainResult:
     """What a training run produced."""

@@ -28,6 +28,7 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -110,7 +111,7 @@ class RunLogger:
         for key, value in metrics.items():
             if self.writer is not None and not isinstance(value, str) and math.isfinite(value):
                 self.writer.add_scalar(self.tb_prefix + key, value, step)
-        row = {"step": str(step), **{k: v if isinstance(v, str) else f"{v:.6g}" for k, v in metrics.items()}}
+        row = {"step": str(step), **{k: _cell(v) for k, v in metrics.items()}}
         new = [k for k in row if k not in self._fields]
         self._rows.append(row)
         if new:  # a metric appeared (e.g. gold_score): rewrite the table with the wider header
@@ -132,6 +133,15 @@ class RunLogger:
             w = csv.DictWriter(f, self._fields, restval="")
             w.writeheader()
             w.writerows(self._rows)
+
+
+def _cell(value: float | str) -> str:
+    """A CSV cell: text as it is, whole numbers (counters) with every digit, other numbers to 6 significant digits."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return str(int(value))
+    return f"{value:.6g}"
 
 
 def _summary_writer(log_dir: Path, resume_step: int | None, required: bool | None) -> Any:
@@ -210,14 +220,15 @@ def check_finite(value: torch.Tensor | float, what: str, where: str, checkpoint:
     """Stop with :class:`FloatingPointError` when ``value`` holds a NaN or inf, before anything applies it.
 
     ``where`` says when (``"iteration 12"``, ``"step 300"``); the message names the last good
-    ``checkpoint`` to resume from.
+    ``checkpoint`` when one has been written, and ``fix``.
     """
     finite = bool(torch.isfinite(value).all()) if isinstance(value, torch.Tensor) else math.isfinite(value)
     if finite:
         return
     shown = value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value
-    resume = f" The last good checkpoint is {checkpoint}; re-run to resume from it." if checkpoint else ""
-    raise FloatingPointError(f"{where}: {what} is {shown}; training stopped before applying it.{resume} Fix: {fix}")
+    saved = checkpoint is not None and has_checkpoint(checkpoint)
+    kept = f" The last good checkpoint is {checkpoint}." if saved else ""
+    raise FloatingPointError(f"{where}: {what} is {shown}; training stopped before applying it.{kept} Fix: {fix}")
 
 
 def progress_bar(total: int | None, desc: str, unit: str = "it", initial: int = 0, enabled: bool = True,

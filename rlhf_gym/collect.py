@@ -17,7 +17,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from gymnasium.vector import AutoresetMode
 
 from agents.rollout import RolloutBatch, rollout
@@ -94,8 +93,6 @@ def sample_groups(
     if k < 1 or batch_size < k:
         raise ValueError(f"num_generations={k} must be >= 1 and batch_size={batch_size} >= num_generations.")
     per_batch = batch_size // k
-    device = next(model.parameters()).device if model is not None else torch.device("cpu")
-    generator = torch.Generator(device).manual_seed(seed)
     envs: dict[int, TextGenerationVectorEnv] = {}
     with progress_bar(len(prompts) * k, desc, unit="ep", enabled=progress) as bar:
         for start in range(0, len(prompts), per_batch):
@@ -104,7 +101,7 @@ def sample_groups(
             if n not in envs:  # the last chunk may be smaller
                 envs[n] = TextGenerationVectorEnv(task, n, autoreset_mode=AutoresetMode.DISABLED)
             yield rollout(model, envs[n], temperature=temperature, group_size=k, prompts=chunk,
-                          seed=seed + start, generator=generator)
+                          seed=seed + start)
             bar.update(n)
     for env in envs.values():
         env.close()

@@ -606,7 +606,6 @@ def test_build_records_hold_no_machine_specific_paths(tmp_path):
         assert not {"out", "work"} & set(json.loads(text)["config"]), path
 
 
-
 @needs_stockfish
 def test_weak_engine_demonstrations_are_seeded_legal_and_weak(tmp_path):
     from rlhf_gym.build.chess_policy import PolicyBuildConfig, WeakEngine

@@ -64,14 +64,21 @@ def test_logger_resume_drops_rows_after_the_checkpoint(tmp_path) -> None:
     resumed.close()
     rows = training.read_log(tmp_path / "progress.csv")
     assert [(r["step"], r["loss"]) for r in rows] == [("1", "1"), ("2", "2"), ("3", "30")]
+    log = training.RunLogger(tmp_path, tensorboard=False, filename="counts.csv")
+    log.log(1, {"timesteps": 12_345_678, "kl": 1.23456789})
+    log.close()
+    assert training.read_log(tmp_path / "counts.csv")[0] == {"step": "1", "timesteps": "12345678", "kl": "1.23457"}
 
 
 def test_checkpoint_round_trip_and_nan_guard(tmp_path) -> None:
     training.save_checkpoint(tmp_path / "ckpt", {"step": 7}, {"w": torch.ones(2)})
     state, tensors = training.load_checkpoint(tmp_path / "ckpt")
     assert state == {"step": 7} and torch.equal(tensors["w"], torch.ones(2))
-    with pytest.raises(FloatingPointError, match=r"step 8: loss is nan.*ckpt"):
+    with pytest.raises(FloatingPointError, match=r"step 8: loss is nan.*last good checkpoint is .*ckpt"):
         training.check_finite(torch.tensor(float("nan")), "loss", "step 8", tmp_path / "ckpt")
+    with pytest.raises(FloatingPointError) as no_checkpoint:  # none written yet: none is named
+        training.check_finite(float("inf"), "loss", "step 1", tmp_path / "none")
+    assert "checkpoint" not in str(no_checkpoint.value)
 
 
 @pytest.mark.parametrize(("error", "code"), [(DataError("f.jsonl:3: bad"), EXIT_USAGE),

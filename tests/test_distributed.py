@@ -68,7 +68,7 @@ def test_unsupported_agent_and_bad_split_fail_clearly(monkeypatch):
     # A fake 2-process environment: the checks run before any process group is joined.
     monkeypatch.setattr("agents.base.init_distributed", lambda: DistInfo(rank=0, world_size=2))
     task = count_task()
-    with pytest.raises(RuntimeError, match="BestOfN does not support torchrun"):
+    with pytest.raises(ValueError, match="BestOfN does not support torchrun"):
         BestOfN(task, policy=tiny_lm(task), config=BestOfNConfig(batch_size=8, num_generations=2, save_steps=0))
     from agents import PPOKL, RLOO, PPOKLConfig, RLOOConfig
 

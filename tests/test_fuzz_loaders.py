@@ -267,8 +267,6 @@ def huge_good(kind: str) -> dict[str, Any]:
     }[kind]
 
 
-
-
 BAD_HUGE = {
     "truncated": lambda row: dumps(row)[:-5],
     "huge-wrong-type": lambda row: dumps({**row, "prompt": ["x" * HUGE]}),

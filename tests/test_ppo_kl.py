@@ -245,3 +245,11 @@ def test_a_window_longer_than_the_model_is_refused_with_a_clear_error():
     task = count_task(max_new_tokens=70)  # 4 prompt + 70 new tokens > the tiny model's 64 positions
     with pytest.raises(ValueError, match="window is 74 tokens .* 64 positions"):
         PPOKL(task, policy=tiny_lm(task), config=PPOKLConfig(batch_size=4, log_dir="unused"))
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    make_agent(tmp_path, save_steps=1).learn(1, progress_bar=False)
+    changed = make_agent(tmp_path, save_steps=1, learning_rate=1e-5)
+    with pytest.raises(ValueError, match=r"--learning-rate .* -> 1e-05"):
+        changed.learn(1000, resume=True, progress_bar=False)
+    make_agent(tmp_path, save_steps=2).learn(1000, resume=True, progress_bar=False)  # save_steps may change

@@ -204,8 +204,6 @@ def build_defaults(config: BuildConfig) -> dict[str, Any]:
     return card
 
 
-
-
 def build_policy(
     config: BuildConfig, splits: dict[str, list[str]], corpus_stats: dict[str, Any], rng: random.Random
 ) -> dict[str, Any]:

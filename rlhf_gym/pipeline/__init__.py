@@ -17,7 +17,8 @@ One module per step, read top to bottom by :func:`run_pipeline` (``run.py``):
   gold gain against best-of-n's at the same KL;
 * the report, ``report.py``: ``report.md``, plots and CSVs, from the files of ``layout.py``.
 
-    rlhf-gym pipeline --out runs/demo            # the default run: about 5 minutes on 2 idle cores
+    rlhf-gym pipeline --out runs/demo --agents ppo_kl   # make demo: about 5 minutes on 2 idle cores
+    rlhf-gym pipeline --out runs/demo-full              # make demo-full: three agents, about 9.5 minutes
     rlhf-gym report --out runs/demo              # re-render the report
 """
 

@@ -18,7 +18,8 @@ RESUMABLE_CHANGES = frozenset({"progress", "num_threads", "out"})
 class PipelineConfig:
     """Everything ``rlhf-gym pipeline`` does; each field is also a ``--flag``.
 
-    The defaults are the demo, under 10 minutes on 2 idle CPU cores. Every agent of
+    The defaults are ``make demo-full`` (about 9.5 minutes on 2 idle CPU cores; ``make demo`` is
+    ``--agents ppo_kl``, about 5 minutes). Every agent of
     ``agents`` is built from its registry entry (``agents.registry``): the common settings
     here (batch_size, beta, seed, save_steps, num_generations, when its config has them),
     then the entry's pipeline settings, then ``agent_settings``.

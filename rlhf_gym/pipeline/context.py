@@ -12,6 +12,7 @@ from rlhf_gym.pipeline.config import PipelineConfig
 from rlhf_gym.pipeline.layout import RunLayout
 from text_env import Task
 from text_env.prompts import load_prompts
+from text_env.task import Prompt
 
 __all__ = ["RunContext"]
 
@@ -49,6 +50,6 @@ class RunContext:
         return self._reference
 
     @property
-    def eval_prompts(self) -> list[str]:
-        """The held-out prompts every policy is evaluated on."""
+    def eval_prompts(self) -> list[Prompt]:
+        """The held-out prompts every policy is evaluated on (texts or conversations the task renders)."""
         return load_prompts(self.setup["eval_prompts"])[: self.config.n_eval_prompts]

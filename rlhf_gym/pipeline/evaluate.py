@@ -51,7 +51,7 @@ def evaluate_policy(
         gold += batch.gold_scores.tolist()
         proxy += batch.scores.tolist()
         length += batch.lengths.tolist()
-        eos += [info["end_reason"] == "eos" for info in batch.infos]
+        eos += batch.ended_by_eos.tolist()
         for info in batch.infos[::samples]:
             if len(shown) < n_show:
                 shown.append({"prompt": info["prompt"], "response": info["response"], "gold": info["gold_score"],
@@ -85,22 +85,22 @@ def best_of_n_curve(
     agent's KL (:func:`agents.best_of_n.matched_best_of_n`). KL(best-of-n || reference) is
     the analytic ln n - (n - 1) / n.
     """
-    proxy, gold, length, eos, texts = [], [], [], [], []
+    proxy, gold, length, eos, groups = [], [], [], [], []
     for batch in sample_groups(reference, task, prompts, max_n, batch_size=max(batch_size, max_n), seed=seed,
                                progress=progress, desc="best-of-n samples"):
         proxy.append(batch.scores.reshape(-1, max_n))  # (prompts in batch, max_n)
         gold.append(batch.gold_scores.reshape(-1, max_n))
         length.append(batch.lengths.cpu().numpy().reshape(-1, max_n))
-        eos.append(np.array([i["end_reason"] == "eos" for i in batch.infos]).reshape(-1, max_n))
-        texts += [group["responses"] for group in response_groups(batch.infos, max_n)]
+        eos.append(batch.ended_by_eos.reshape(-1, max_n))
+        groups += response_groups(batch.infos, max_n)  # rendered prompts (conversations too) and their samples
     proxy_a, gold_a, length_a = np.concatenate(proxy), np.concatenate(gold), np.concatenate(length)  # (P, max_n)
     dense = [{"n": n, "kl": best_of_n_kl(n), "gold": best_of_n_mean(proxy_a, gold_a, n),
               "proxy": best_of_n_mean(proxy_a, proxy_a, n)} for n in range(1, max_n + 1)]
     curve = [{**r, "response_length": best_of_n_mean(proxy_a, length_a, r["n"]), "episodes": int(proxy_a.size)}
              for r in dense if r["n"] & (r["n"] - 1) == 0]  # n = 1, 2, 4, ..., max_n
     best_all = proxy_a.argmax(1)  # (P,)
-    shown = [{"prompt": prompts[p], "response": texts[p][0], "gold": float(gold_a[p, 0]),
-              "best_response": texts[p][best_all[p]], "best_gold": float(gold_a[p, best_all[p]])}
+    shown = [{"prompt": groups[p]["prompt"], "response": groups[p]["responses"][0], "gold": float(gold_a[p, 0]),
+              "best_response": groups[p]["responses"][best_all[p]], "best_gold": float(gold_a[p, best_all[p]])}
              for p in range(min(n_show, len(prompts)))]
     return {"max_n": max_n, "prompts": len(prompts), "curve": curve, "dense": dense, "samples": shown,
             "reference": {"gold": float(gold_a.mean()), "proxy": float(proxy_a.mean()),

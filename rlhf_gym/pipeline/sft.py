@@ -28,7 +28,7 @@ def sft_metrics(ctx: RunContext) -> dict[str, Any]:
                                seed=cfg.seed + 1, progress=cfg.progress, desc="step 1: SFT samples"):
         gold += batch.gold_scores.tolist()
         length += batch.lengths.tolist()
-        eos += [info["end_reason"] == "eos" for info in batch.infos]
+        eos += batch.ended_by_eos.tolist()
         rows += response_groups(batch.infos, cfg.num_generations, gold="gold_score")
     write_jsonl_atomic(ctx.layout.reference_samples, rows)
     card = None

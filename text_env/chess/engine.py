@@ -117,8 +117,6 @@ def move_accuracy(win_probability_loss: float) -> float:
     return max(1.0 - 1.031668 * (1.0 - math.exp(-4.354 * loss)), 0.0)
 
 
-
-
 def top_moves(
     engine: chess.engine.SimpleEngine, board: chess.Board, depth: int, multipv: int, mate_score: int
 ) -> list[tuple[int, chess.Move]]:
