@@ -47,7 +47,7 @@ demo: $(DEMO_STAMP)
 
 # The larger published comparison (README): PPOKL, RLOO and SB3 PPO side by side.
 demo-full: $(DEMO_STAMP)
-	$(VENV)/bin/rlhf-gym pipeline --out runs/demo-full
+	$(VENV)/bin/rlhf-gym pipeline --out runs/demo-full --agents ppo_kl,rloo,sb3_ppo
 
 test: $(TEST_STAMP) system-deps
 	$(VENV)/bin/ruff check .

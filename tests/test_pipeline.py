@@ -31,7 +31,8 @@ def default_assets_or_skip() -> None:
 
 def tiny(out, **overrides) -> PipelineConfig:
     """A pipeline run of seconds: 4 evaluation prompts, best-of-4, a few iterations per agent."""
-    options = dict(out=str(out), n_eval_prompts=4, eval_samples=2, max_n=4, batch_size=8, timesteps=192,
+    options = dict(out=str(out), agents="ppo_kl,rloo,sb3_ppo", n_eval_prompts=4, eval_samples=2, max_n=4,
+                   batch_size=8, timesteps=192,
                    agent_settings="sb3_ppo.timesteps=192,sb3_ppo.num_envs=4,sb3_ppo.n_steps=16", save_steps=1,
                    num_threads=1, progress=False)
     options.update(overrides)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from agents.ppo_kl import PPOKLConfig
 from agents.registry import AGENTS, build_config, get_agent, parse_agent_settings
+from rlhf_gym.pipeline.layout import RunLayout
 
 __all__ = ["RESUMABLE_CHANGES", "PipelineConfig"]
 
-RESUMABLE_CHANGES = frozenset({"progress", "num_threads", "out"})
-"""Settings that may differ when resuming a run: they do not change any result."""
+RESUMABLE_CHANGES = frozenset({"progress", "num_threads", "out", "agents"})
+"""Settings that may differ when resuming a run: they do not change any result. Each agent trains and is
+evaluated on its own, so ``agents`` may grow: a finished run resumed with one more agent trains only that one."""
 
 
 @dataclass
@@ -117,9 +121,20 @@ class PipelineConfig:
         override = self.settings_by_agent.get(name, {}).get("timesteps")
         return override or max(1, round(get_agent(name).budget_share * self.timesteps))
 
+    @property
+    def label_agents(self) -> list[str]:
+        """The agents that learn from the step-2 rankings themselves (a ``preferences`` field not set by hand)."""
+        return [n for n in self.agent_names
+                if "preferences" in {f.name for f in dataclasses.fields(get_agent(n).config_class)}
+                and "preferences" not in self.settings_by_agent.get(n, {})]
+
     def agent_config(self, name: str, log_dir: str) -> Any:
-        """Agent ``name``'s config: the common settings it takes, its registry settings, then ``agent_settings``."""
+        """Agent ``name``'s config: the common settings it takes, its registry settings, then ``agent_settings``.
+
+        Agents with a ``preferences`` field get the run's step-2 training rankings.
+        """
         common = {"batch_size": self.batch_size, "beta": self.beta, "seed": self.seed, "log_dir": log_dir,
-                  "save_steps": self.save_steps, "num_generations": self.num_generations}
+                  "save_steps": self.save_steps, "num_generations": self.num_generations,
+                  "preferences": str(RunLayout(Path(self.out)).preferences)}
         overrides = {k: v for k, v in self.settings_by_agent.get(name, {}).items() if k != "timesteps"}
         return build_config(get_agent(name), common, overrides)

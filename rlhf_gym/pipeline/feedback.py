@@ -38,7 +38,8 @@ from rlhf_gym.collect import response_groups, sample_groups, unscored
 from rlhf_gym.pipeline.context import RunContext
 from text_env.prompts import load_prompts
 
-__all__ = ["FeedbackConfig", "load_reward_model", "reward_model_metrics", "simulated_feedback", "spearman"]
+__all__ = ["FeedbackConfig", "load_reward_model", "preference_labels", "reward_model_metrics", "simulated_feedback",
+           "simulated_labels", "spearman"]
 
 
 @dataclass
@@ -104,13 +105,10 @@ def simulated_feedback(
     work = Path(work)
     start = time.time()
 
-    # 1. Sample responses per prompt from the policy (the SFT samples labelers see).
-    collection = _sample_collection(policy_dir, prompts, work / "collection.jsonl", config)
-    items = load_collection(collection)
-
-    # 2. Rank with a simulated labeler; a second, independent one gives the ceiling.
-    train_items, val_items = _split(items, config)
-    val_labels, ceiling, gold_vs_labels = _label(train_items, val_items, work, config)
+    # 1-2. Sample responses per prompt from the policy, rank them with a simulated labeler.
+    items, val_items = simulated_labels(policy_dir, prompts, work, config)
+    collection = work / "collection.jsonl"
+    val_labels, ceiling, gold_vs_labels = _label_quality(val_items, work, config)
 
     # 3. Bradley-Terry reward model from the policy's backbone, normalized on SFT samples.
     result = train_reward_model(RewardTrainConfig(
@@ -129,7 +127,7 @@ def simulated_feedback(
         "config": asdict(config),
         "policy": portable_path(policy_dir),
         "prompts": len(items),
-        "train_rankings": len(train_items),
+        "train_rankings": len(items) - len(val_items),
         "val_rankings": len(val_labels),
         "val_accuracy": round(result.val.accuracy, 4),
         "val_pairs": result.val.pairs,
@@ -172,25 +170,58 @@ def _split(items: list[PromptResponses], config: FeedbackConfig) -> tuple[list[P
     return [items[i] for i in sorted(split[n_val:])], [items[i] for i in sorted(split[:n_val])]
 
 
-def _label(train_items: list[PromptResponses], val_items: list[PromptResponses], work: Path,
-           config: FeedbackConfig) -> tuple[list[PromptResponses], float, float]:
-    """Rank both splits into ``work`` (once); ``(validation labels, ceiling, labels' agreement with gold)``."""
+def _labeler(config: FeedbackConfig, seed: int) -> SimulatedLabeler:
+    return SimulatedLabeler(temperature=config.labeler_temperature, bias_per_char=config.bias_per_char,
+                            flip_prob=config.flip_prob, seed=seed)
 
-    def labeler(seed: int) -> SimulatedLabeler:
-        return SimulatedLabeler(temperature=config.labeler_temperature, bias_per_char=config.bias_per_char,
-                                flip_prob=config.flip_prob, seed=seed)
 
-    train_path, val_path = work / "preferences_train.jsonl", work / "preferences_val.jsonl"
-    if not val_path.is_file():
-        save_preferences(train_path, labeler(config.seed).label(train_items))
-        save_preferences(val_path, labeler(config.seed + 1).label(val_items))
-    val_labels = load_preferences(val_path)
-    ceiling = agreement(val_labels, labeler(config.seed + 2).label(val_items))
+def simulated_labels(policy_dir: str | Path, prompts: list[str], work: str | Path,
+                     config: FeedbackConfig) -> tuple[list[PromptResponses], list[PromptResponses]]:
+    """Sample and rank ``work/preferences_{train,val}.jsonl`` (once); ``(all items, validation items)``.
+
+    The training labels are what a reward model (or DPO, which needs none) learns from; the
+    validation prompts are held out by a seeded split.
+    """
+    work = Path(work)
+    items = load_collection(_sample_collection(policy_dir, prompts, work / "collection.jsonl", config))
+    train_items, val_items = _split(items, config)
+    if not (work / "preferences_val.jsonl").is_file():  # written last: both exist
+        save_preferences(work / "preferences_train.jsonl", _labeler(config, config.seed).label(train_items))
+        save_preferences(work / "preferences_val.jsonl", _labeler(config, config.seed + 1).label(val_items))
+    return items, val_items
+
+
+def _label_quality(val_items: list[PromptResponses], work: Path,
+                   config: FeedbackConfig) -> tuple[list[PromptResponses], float, float]:
+    """``(validation labels, ceiling, labels' agreement with gold)`` of the labels in ``work``."""
+    val_labels = load_preferences(work / "preferences_val.jsonl")
+    ceiling = agreement(val_labels, _labeler(config, config.seed + 2).label(val_items))
     gold_vs_labels = agreement(val_labels, SimulatedLabeler(temperature=0.0).label(val_items))
     return val_labels, ceiling, gold_vs_labels
 
 
 # ---- the pipeline's step 2 -------------------------------------------------------------------
+def _feedback_config(ctx: RunContext) -> FeedbackConfig:
+    cfg = ctx.config
+    return FeedbackConfig(num_generations=cfg.num_generations, labeler_temperature=cfg.labeler_temperature,
+                          max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, progress=cfg.progress)
+
+
+def preference_labels(ctx: RunContext) -> dict[str, Any]:
+    """Step 2 for agents that learn from the labels themselves (DPO, IPO): the simulated rankings.
+
+    The same labels a reward model is trained on with ``--train-reward-model`` (already there
+    then); without it they are sampled and ranked here, and no reward model is trained on them.
+    """
+    cfg = ctx.config
+    prompts = load_prompts(ctx.setup["prompts"])[: cfg.rm_prompts]
+    items, val_items = simulated_labels(ctx.setup["policy"], prompts, ctx.layout.feedback, _feedback_config(ctx))
+    train = load_preferences(ctx.layout.preferences)
+    return {"preferences": portable_path(ctx.layout.preferences), "rankings": len(train),
+            "pairs": sum(len(item.pairs()) for item in train), "heldout_prompts": len(val_items),
+            "num_generations": cfg.num_generations, "labeler_temperature": cfg.labeler_temperature}
+
+
 def load_reward_model(ctx: RunContext) -> RewardModel:
     """The run's reward model: trained in step 2, a given folder, or the default task's."""
     from text_env.defaults import default_task
@@ -209,9 +240,7 @@ def reward_model_metrics(ctx: RunContext) -> dict[str, Any]:
     training = None
     if cfg.train_reward_model:
         prompts = load_prompts(ctx.setup["prompts"])[: cfg.rm_prompts]
-        training = simulated_feedback(ctx.setup["policy"], prompts, layout.feedback, FeedbackConfig(
-            num_generations=cfg.num_generations, labeler_temperature=cfg.labeler_temperature,
-            max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, progress=cfg.progress))
+        training = simulated_feedback(ctx.setup["policy"], prompts, layout.feedback, _feedback_config(ctx))
     rm = load_reward_model(ctx)
     gold = ctx.task(unscored()).gold_scorer
     items = [PromptResponses(i.prompt, i.responses) for i in load_collection(layout.reference_samples)]

@@ -50,6 +50,16 @@ class RunLayout:
         return self.root / "step2_feedback"
 
     @property
+    def preferences(self) -> Path:
+        """Step 2: the simulated training rankings (reward-model training, DPO and IPO learn from them)."""
+        return self.feedback / "preferences_train.jsonl"
+
+    @property
+    def preference_labels(self) -> Path:
+        """Step 2 for agents that learn from labels: where the rankings are and how many."""
+        return self.root / "step2_preference_labels.json"
+
+    @property
     def best_of_n(self) -> Path:
         """Step 3: best-of-n from the SFT policy on the evaluation prompts, n = 1..max_n."""
         return self.root / "step3_best_of_n.json"

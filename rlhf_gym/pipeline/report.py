@@ -33,7 +33,7 @@ from rlhf_common.io import atomic_path
 from rlhf_common.training import read_log
 from rlhf_gym.pipeline.layout import RunLayout
 
-__all__ = ["format_table", "load_curves", "summary_rows", "write_report"]
+__all__ = ["agent_color", "format_table", "load_curves", "save_figure", "summary_rows", "write_csv", "write_report"]
 
 BEST_OF_N_COLOR = "tab:blue"
 """The best-of-n curve's colour in the plots."""
@@ -44,7 +44,7 @@ def _label(name: str) -> str:
     return get_agent(name).label
 
 
-def _color(name: str) -> str:
+def agent_color(name: str) -> str:
     """An agent's plot colour: its registry entry's, else one of matplotlib's default cycle."""
     return get_agent(name).color or f"C{list(AGENTS).index(name) % 10}"
 
@@ -82,7 +82,8 @@ def _ema(values: Sequence[float], alpha: float = 0.3) -> list[float]:
     return out
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """``rows`` as a CSV with every key any row has (atomically); nothing for no rows."""
     if not rows:
         return
     fields = list(dict.fromkeys(k for row in rows for k in row))
@@ -101,8 +102,8 @@ def _plot_training(layout: RunLayout, curves: dict[str, list[dict[str, float]]],
         for name, rows in curves.items():
             x = [r["episodes"] for r in rows]
             y = [r[key] for r in rows]
-            ax.plot(x, y, color=_color(name), alpha=0.25, linewidth=1)
-            ax.plot(x, _ema(y), color=_color(name), linewidth=2, marker="o", markersize=3, label=_label(name))
+            ax.plot(x, y, color=agent_color(name), alpha=0.25, linewidth=1)
+            ax.plot(x, _ema(y), color=agent_color(name), linewidth=2, marker="o", markersize=3, label=_label(name))
         if reference is not None:
             ax.axhline(reference["proxy" if key == "score" else "gold"], color="black", linestyle="--",
                        linewidth=1, label="SFT reference (held-out)")
@@ -113,7 +114,7 @@ def _plot_training(layout: RunLayout, curves: dict[str, list[dict[str, float]]],
         ax.legend(loc="best", fontsize=9)
     fig.suptitle("Learning curves: same prompts and seed (faint: per batch; bold: moving average)")
     path = layout.png("training_curves")
-    _save(fig, path)
+    save_figure(fig, path)
     return path
 
 
@@ -133,10 +134,10 @@ def _plot_frontier(layout: RunLayout, curves: dict[str, list[dict[str, float]]],
                             color=BEST_OF_N_COLOR)
         for name, rows in curves.items():
             train_key = "gold_score" if key == "gold" else "score"
-            ax.plot(_ema([r["kl"] for r in rows]), _ema([r[train_key] for r in rows]), color=_color(name),
+            ax.plot(_ema([r["kl"] for r in rows]), _ema([r[train_key] for r in rows]), color=agent_color(name),
                     alpha=0.45, linewidth=1.5, marker=".", label=f"{_label(name)}: training path (moving average)")
         for name, ev in evals.items():
-            ax.plot([ev["kl"]], [ev[key]], marker="*", markersize=16, color=_color(name), markeredgecolor="black",
+            ax.plot([ev["kl"]], [ev[key]], marker="*", markersize=16, color=agent_color(name), markeredgecolor="black",
                     linestyle="none", label=f"{_label(name)}: final policy (held-out)")
         ax.set_xlabel("KL(policy || SFT reference), nats per response")
         ax.set_ylabel(ylabel)
@@ -146,7 +147,7 @@ def _plot_frontier(layout: RunLayout, curves: dict[str, list[dict[str, float]]],
     fig.legend(handles, labels, loc="outside lower center", ncol=2, fontsize=9)
     fig.suptitle("Reward-KL frontier: higher at the same KL is better (best-of-n KL = ln n - (n-1)/n)")
     path = layout.png("frontier")
-    _save(fig, path)
+    save_figure(fig, path)
     return path
 
 
@@ -175,11 +176,12 @@ def _plot_reward_model(layout: RunLayout, rm: dict) -> Path:
     ax.legend(loc="lower right")
     ax.grid(axis="y", alpha=0.3)
     path = layout.png("reward_model")
-    _save(fig, path)
+    save_figure(fig, path)
     return path
 
 
-def _save(fig: Any, path: Path) -> None:
+def save_figure(fig: Any, path: Path) -> None:
+    """Write a matplotlib figure as a PNG atomically and close it."""
     import matplotlib.pyplot as plt
 
     with atomic_path(path) as tmp:
@@ -285,10 +287,10 @@ def write_report(root: str | os.PathLike[str], agents: Sequence[str] | None = No
         reference = {"gold": first["gold"], "proxy": first["proxy"]}
 
     rows = summary_rows(layout, agents)
-    _write_csv(layout.summary_csv, rows)
-    _write_csv(layout.curves_csv, [{"agent": name, **r} for name, rs in curves.items() for r in rs])
+    write_csv(layout.summary_csv, rows)
+    write_csv(layout.curves_csv, [{"agent": name, **r} for name, rs in curves.items() for r in rs])
     if bon is not None:
-        _write_csv(layout.best_of_n_csv, bon["curve"])
+        write_csv(layout.best_of_n_csv, bon["curve"])
 
     md = ["# rlhf-gym pipeline report", ""]
     if setup is not None:

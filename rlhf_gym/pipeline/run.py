@@ -20,7 +20,7 @@ from rlhf_common.io import write_json_atomic
 from rlhf_common.training import claim_run_folder, set_torch_threads
 from rlhf_gym.pipeline.config import RESUMABLE_CHANGES, PipelineConfig
 from rlhf_gym.pipeline.context import RunContext
-from rlhf_gym.pipeline.feedback import load_reward_model, reward_model_metrics
+from rlhf_gym.pipeline.feedback import load_reward_model, preference_labels, reward_model_metrics
 from rlhf_gym.pipeline.prepare import prepare
 from rlhf_gym.pipeline.report import format_table, summary_rows, write_report
 from rlhf_gym.pipeline.rl import best_of_n, train_agent
@@ -45,6 +45,8 @@ def run_pipeline(config: PipelineConfig) -> list[dict[str, Any]]:
     rm_metrics = _stage(ctx, "step 2: reward model", layout.reward_model, lambda: reward_model_metrics(ctx))
     ctx.say(f"reward model: held-out accuracy {rm_metrics['accuracy']:.3f}, "
             f"ceiling (labeler agreement) {rm_metrics['ceiling']:.3f}")
+    if config.label_agents:  # DPO, IPO: the rankings themselves, not a reward model trained on them
+        _stage(ctx, "step 2: preference labels", layout.preference_labels, lambda: preference_labels(ctx))
     task = ctx.task(load_reward_model(ctx))
     _stage(ctx, "step 3: best-of-n", layout.best_of_n, lambda: best_of_n(ctx, task))
     for name in config.agent_names:
@@ -73,13 +75,18 @@ def _stage(ctx: RunContext, name: str, path: Path, build: Callable[[], dict[str,
     return result
 
 
+def quietly(run: Callable[[Any], Any]) -> Callable[[Any], None]:
+    """``run(config)`` without the warning each left-truncated prompt gives (a few long prompts, by design)."""
+
+    def body(config: Any) -> None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*left-truncated.*")
+            run(config)
+
+    return body
+
+
 def cli(argv: Sequence[str] | None = None) -> int:
     """``rlhf-gym pipeline --out DIR``: all four RLHF steps, agents compared, a report; resumable."""
-
-    def run(config: PipelineConfig) -> None:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*left-truncated.*")  # a few long prompts, by design
-            run_pipeline(config)
-
     return config_command(argv, "rlhf-gym pipeline", "The four steps of RLHF end to end, agents compared, "
-                          "a report written; re-running resumes.", PipelineConfig, run)
+                          "a report written; re-running resumes.", PipelineConfig, quietly(run_pipeline))
