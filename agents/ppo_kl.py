@@ -193,6 +193,13 @@ class PPOKL(Agent):
         mask = batch.response_mask if index is None else batch.response_mask[index]
         return values.squeeze(-1).float() * mask
 
+    def _sequence_rewards(self, batch: RolloutBatch) -> torch.Tensor:
+        """(B,) what step 4 puts on each response's last token: the env reward less the missing-EOS penalty.
+
+        The one place a subclass reshapes the score (:class:`agents.vbon.VBoN`: its log-CDF under the reference).
+        """
+        return batch.penalized_rewards(self.config.missing_eos_penalty)
+
     def _iteration(self) -> tuple[dict[str, float], int]:
         cfg, vocab, dist = self.config, self.task.vocab_size, self.dist
 
@@ -217,8 +224,8 @@ class PPOKL(Agent):
         kl = kl_estimate(old, ref, cfg.kl_estimator) * mask  # (B, T)
         beta = self.kl_ctl.value
 
-        # 4. Reward: -beta * KL on every token, the score on the last response token only.
-        score = batch.penalized_rewards(cfg.missing_eos_penalty)  # (B,)
+        # 4. Reward: -beta * KL on every token, the sequence reward (the score) on the last response token only.
+        score = self._sequence_rewards(batch)  # (B,)
         rewards = -beta * kl  # (B, T)
         rewards[torch.arange(n, device=self.device), batch.lengths - 1] += score
         if cfg.whiten_rewards:  # OAI: scale rewards, keep their sign (shift_mean=False)

@@ -132,3 +132,20 @@ register_agent(AgentSpec("rloo", "RLOO", "agents.rloo:RLOO", "agents.rloo:RLOOCo
 # about 19x PPOKL's cost per token (bench/sb3_vs_ppokl.py).
 register_agent(AgentSpec("sb3_ppo", "SB3 PPO + KL wrapper", "agents.sb3_ppo:SB3PPO", "agents.sb3_ppo:SB3PPOConfig",
                          budget_share=1 / 16, color="tab:purple"))
+# vBoN: beta is 1/(n-1), not the comparison's shared beta (None: derived from n).
+register_agent(AgentSpec("vbon", "vBoN (distilled best-of-n)", "agents.vbon:VBoN", "agents.vbon:VBoNConfig",
+                         {"beta": None, "n": 16, "reference_samples": 32}, color="tab:orange"))
+register_agent(AgentSpec("grpo", "GRPO", "agents.grpo:GRPO", "agents.grpo:GRPOConfig", {"learning_rate": 3e-4},
+                         color="teal"))  # tab:blue is best-of-n's in the report
+register_agent(AgentSpec("reinforce_pp", "REINFORCE++", "agents.reinforce_pp:ReinforcePP",
+                         "agents.reinforce_pp:ReinforcePPConfig", {"num_generations": 1}, color="tab:brown"))
+register_agent(AgentSpec("reinforce_pp_baseline", "REINFORCE++-baseline", "agents.reinforce_pp:ReinforcePP",
+                         "agents.reinforce_pp:ReinforcePPConfig", {"baseline": True}, color="tab:pink"))
+# DPO, IPO and online DPO keep TRL's beta 0.1 (the implicit reward's scale), not the comparison's KL penalty.
+register_agent(AgentSpec("dpo", "DPO", "agents.dpo:DPO", "agents.dpo:DPOConfig", {"beta": 0.1, "learning_rate": 5e-5},
+                         color="tab:olive"))
+register_agent(AgentSpec("ipo", "IPO", "agents.dpo:DPO", "agents.dpo:DPOConfig", {"loss_type": "ipo", "beta": 0.1,
+                                                                     "learning_rate": 5e-5},
+                         color="tab:cyan"))
+register_agent(AgentSpec("online_dpo", "Online DPO", "agents.online_dpo:OnlineDPO",
+                         "agents.online_dpo:OnlineDPOConfig", {"beta": 0.1}, color="tab:gray"))

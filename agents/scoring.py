@@ -1,9 +1,10 @@
 """One-pass log-probs of finished responses: prompt + response sequences packed without padding.
 
-:func:`response_logprobs` re-scores a :class:`~agents.rollout.RolloutBatch` in one forward
-pass over sequences packed end to end (:func:`pack_sequences`): reference and new-policy
-log-probs (and a shared value head's hidden states) come from it, and agree with the
-rollout's up to float rounding (tests/test_rollout.py).
+:func:`response_logprobs` re-scores a :class:`~agents.rollout.RolloutBatch` (or a
+:class:`SequenceBatch` of given sequences, e.g. preference pairs) in one forward pass over
+sequences packed end to end (:func:`pack_sequences`): reference and new-policy log-probs
+(and a shared value head's hidden states) come from it, and agree with the rollout's up to
+float rounding (tests/test_rollout.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,30 @@ import torch
 
 from agents.rollout import RolloutBatch, autocast, next_token_logprobs
 
-__all__ = ["PackedSequences", "ResponseOutput", "pack_sequences", "response_logprobs"]
+__all__ = ["PackedSequences", "ResponseOutput", "SequenceBatch", "pack_sequences", "response_logprobs"]
+
+
+@dataclass
+class SequenceBatch:
+    """Prompt + response token sequences that were not sampled here (preference data): what scoring reads.
+
+    The token fields of a :class:`~agents.rollout.RolloutBatch`, in the same layout, so both score alike.
+    """
+
+    prompt_ids: torch.Tensor
+    """(B, P) prompt tokens, left-padded."""
+    prompt_mask: torch.Tensor
+    """(B, P) 1 on prompt tokens, 0 on padding."""
+    response_ids: torch.Tensor
+    """(B, T) response tokens, right-padded."""
+    response_mask: torch.Tensor
+    """(B, T) 1 on response tokens, 0 on padding."""
+    action_masks: torch.Tensor | None = None
+    """(B, T, V) bool allowed tokens at each response step, or None (every token allowed)."""
+
+
+Sequences = RolloutBatch | SequenceBatch
+"""What :func:`pack_sequences` and :func:`response_logprobs` score: sampled or given sequences."""
 
 
 @dataclass
@@ -62,7 +86,7 @@ class PackedSequences:
         return x.new_zeros((*self.mask.shape, *x.shape[1:])).index_put((self.mask,), x)
 
 
-def pack_sequences(batch: RolloutBatch, index: torch.Tensor | None = None) -> PackedSequences:
+def pack_sequences(batch: Sequences, index: torch.Tensor | None = None) -> PackedSequences:
     """Pack prompt + response of (the ``index`` rows of) ``batch``, rows as wide as the longest sequence."""
     rows = slice(None) if index is None else index
     prompt_ids, prompt_lengths = batch.prompt_ids[rows], batch.prompt_mask[rows].sum(1)  # (b, P), (b,)
@@ -101,7 +125,7 @@ def pack_sequences(batch: RolloutBatch, index: torch.Tensor | None = None) -> Pa
 
 def response_logprobs(
     model: Any,
-    batch: RolloutBatch,
+    batch: Sequences,
     temperature: float,
     vocab_size: int,
     output_hidden: bool = False,

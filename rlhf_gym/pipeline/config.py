@@ -56,8 +56,9 @@ class PipelineConfig:
     standard error (~0.014) is small next to the gains compared."""
     max_n: int = 64
     """Best-of-n is measured for n = 1, 2, 4, ... up to this power of two."""
-    agents: str = ",".join(AGENTS)
-    """Comma-separated agents to train in step 3, names of ``agents.registry.AGENTS`` (ppo_kl, rloo, sb3_ppo)."""
+    agents: str = "ppo_kl,rloo,sb3_ppo"
+    """Comma-separated agents to train in step 3, names of ``agents.registry.AGENTS`` (``rlhf-gym leaderboard``
+    takes every registered one)."""
     agent_settings: str = ""
     """Per-agent config fields over the registry's, as AGENT.FIELD=VALUE pairs separated by commas, e.g.
     "rloo.learning_rate=1e-4,sb3_ppo.timesteps=6144" (timesteps: that agent's token budget)."""

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from agents.registry import AGENTS
 from rlhf_common.config_cli import config_command
 from rlhf_common.io import atomic_path
 from rlhf_common.training import claim_run_folder
@@ -41,6 +42,8 @@ class LeaderboardConfig(PipelineConfig):
 
     out: str = "runs/leaderboard"
     """Leaderboard folder: one pipeline run per seed in ``seedN/``, the pooled tables and plot at the top."""
+    agents: str = ",".join(AGENTS)
+    """Comma-separated agents, names of ``agents.registry.AGENTS``; default: every registered agent."""
     num_seeds: int = 3
     """Pipeline runs, seeds ``seed`` to ``seed + num_seeds - 1``; standard errors need at least 2."""
 

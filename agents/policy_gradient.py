@@ -1,0 +1,267 @@
+"""What GRPO and REINFORCE++ share: the clipped token-level surrogate, its aggregation by ``loss_type``, the update.
+
+Both agents end an iteration with token advantages ``A`` (B, T) for a generated batch and then
+run the same update (:meth:`ClippedPolicyAgent._clipped_update`): ``passes`` over the batch, each
+split into ``num_mini_batches`` minibatches, ``gradient_accumulation_steps`` of them per optimiser
+step, minimising per token ``-min(r A, clip(r, 1 - epsilon, 1 + epsilon_high) A)`` with
+``r = pi / pi_old`` (PPO, Schulman et al. 2017; asymmetric "clip-higher" bounds: DAPO, Yu et al.
+2025), plus ``beta`` times the k3 KL to the reference when the KL sits in the loss (GRPO,
+Shao et al. 2024). The token losses are aggregated as TRL 1.16's GRPOTrainer ``_compute_loss``
+does for its ``loss_type`` (trl/trainer/grpo_trainer.py), checked against it in tests/test_grpo.py.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, fields, replace
+from typing import Literal, get_args
+
+import numpy as np
+import torch
+
+from agents.agent_config import TrainConfig
+from agents.base import Agent
+from agents.lora import trainable_parameters
+from agents.ppo_utils import kl_estimate, kl_per_response
+from agents.rollout import RolloutBatch
+from agents.scoring import response_logprobs
+
+__all__ = ["LOSS_TYPES", "ClippedPolicyAgent", "ClippedPolicyConfig", "KLPenalty", "LossScale", "LossType",
+           "ScaleRewards", "aggregate_loss", "check_non_negative", "clipped_token_loss", "concat_batches",
+           "group_advantages", "select_rows"]
+
+LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
+LOSS_TYPES: tuple[str, ...] = get_args(LossType)
+ScaleRewards = Literal["group", "batch", "none"]
+
+
+@dataclass
+class ClippedPolicyConfig(TrainConfig):
+    """Settings of the clipped token-level update GRPO and REINFORCE++ share (TRL's GRPOConfig names)."""
+
+    loss_type: LossType = "dapo"
+    """How token losses become the loss (TRL's ``loss_type``): "grpo" mean over each response's tokens then
+    over responses; "bnpo" mean over a micro-batch's tokens; "dr_grpo" sum over tokens / (responses x
+    max_new_tokens) (Liu et al. 2025); "dapo" sum over tokens / the batch's tokens per optimiser step
+    (Yu et al. 2025; TRL's default)."""
+    epsilon: float = 0.2
+    """Lower clip bound of the ratio, 1 - epsilon; also the upper one unless ``epsilon_high`` (TRL, PPO: 0.2)."""
+    epsilon_high: float | None = None
+    """Upper clip bound 1 + epsilon_high ("clip-higher", DAPO recommends 0.28); None: ``epsilon`` (TRL)."""
+    gradient_accumulation_steps: int | None = None
+    """Minibatches whose gradients make one optimiser step; None: all ``num_mini_batches``, one step per pass
+    over the batch (TRL's default, ``steps_per_generation = gradient_accumulation_steps``)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type={self.loss_type!r} is unknown; use one of {', '.join(LOSS_TYPES)}.")
+        if self.epsilon < 0 or (self.epsilon_high is not None and self.epsilon_high < 0):
+            raise ValueError(f"epsilon={self.epsilon} and epsilon_high={self.epsilon_high} must be >= 0 "
+                             "(the ratio is clipped to [1 - epsilon, 1 + epsilon_high]).")
+        steps = self.gradient_accumulation_steps
+        if steps is not None and (steps < 1 or self.num_mini_batches % steps):
+            raise ValueError(f"gradient_accumulation_steps={steps} must be >= 1 and divide "
+                             f"num_mini_batches={self.num_mini_batches} (or None: one optimiser step per pass).")
+
+    @property
+    def clip_range(self) -> tuple[float, float]:
+        """(epsilon_low, epsilon_high) of the ratio clip."""
+        return self.epsilon, self.epsilon if self.epsilon_high is None else self.epsilon_high
+
+    @property
+    def accumulation(self) -> int:
+        """Minibatches per optimiser step."""
+        return self.gradient_accumulation_steps or self.num_mini_batches
+
+
+def check_non_negative(config: object, *names: str) -> None:
+    """Refuse a negative coefficient among the fields ``names`` of ``config``."""
+    for name in names:
+        if getattr(config, name) < 0:
+            raise ValueError(f"{name}={getattr(config, name)} must be >= 0.")
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: ScaleRewards = "none") -> torch.Tensor:
+    """(B,) rewards minus their group's mean, over consecutive groups of ``group_size``; scaled by a std.
+
+    ``scale_rewards`` as TRL's GRPOTrainer: "group" divides by the group's std, "batch" by the
+    std of all rewards, "none" not at all (Dr. GRPO, Liu et al. 2025; REINFORCE++-baseline, Hu 2025);
+    stds are Bessel-corrected and get TRL's 1e-4.
+    """
+    grouped = rewards.view(-1, group_size)  # (prompts, k)
+    advantages = (grouped - grouped.mean(1, keepdim=True)).flatten()  # (B,)
+    if scale_rewards == "group":
+        return advantages / (grouped.std(1).repeat_interleave(group_size) + 1e-4)
+    if scale_rewards == "batch":
+        return advantages / (rewards.std() + 1e-4)
+    if scale_rewards == "none":
+        return advantages
+    raise ValueError(f"scale_rewards={scale_rewards!r}; use 'group', 'batch' or 'none'.")
+
+
+def clipped_token_loss(new: torch.Tensor, old: torch.Tensor, advantages: torch.Tensor, epsilon_low: float,
+                       epsilon_high: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-token loss, ratio), each (b, T): ``-min(r A, clip(r, 1 - low, 1 + high) A)`` with ``r = exp(new - old)``."""
+    ratio = (new - old).exp()
+    return -torch.min(ratio * advantages, ratio.clamp(1 - epsilon_low, 1 + epsilon_high) * advantages), ratio
+
+
+@dataclass(frozen=True)
+class LossScale:
+    """The denominators of :func:`aggregate_loss` for the micro-batches of one optimiser step."""
+
+    rows: int
+    """Responses per optimiser step ("grpo", "dr_grpo")."""
+    tokens: float
+    """Loss tokens of the whole batch / optimiser steps per pass ("dapo": TRL's ``num_items_in_batch`` x
+    gradient_accumulation_steps / steps_per_generation)."""
+    parts: int
+    """Micro-batches per optimiser step ("bnpo")."""
+    max_completion_length: int
+    """The task's ``max_new_tokens`` ("dr_grpo")."""
+
+
+def aggregate_loss(per_token: torch.Tensor, mask: torch.Tensor, loss_type: LossType, scale: LossScale) -> torch.Tensor:
+    """One micro-batch's share of an optimiser step's ``loss_type`` aggregate of ``per_token`` losses.
+
+    Summed over the step's micro-batches it is the aggregate: TRL's ``_compute_loss`` divided by its
+    gradient-accumulation normaliser.
+    """
+    total = per_token * mask  # (b, T)
+    if loss_type == "grpo":
+        return (total.sum(1) / mask.sum(1).clamp(min=1)).sum() / scale.rows
+    if loss_type == "bnpo":
+        return total.sum() / mask.sum().clamp(min=1) / scale.parts
+    if loss_type == "dr_grpo":
+        return total.sum() / (scale.rows * scale.max_completion_length)
+    if loss_type == "dapo":
+        return total.sum() / max(scale.tokens, 1.0)
+    raise ValueError(f"loss_type={loss_type!r} is unknown; use one of {', '.join(LOSS_TYPES)}.")
+
+
+def select_rows(batch: RolloutBatch, rows: torch.Tensor) -> RolloutBatch:
+    """The episodes ``rows`` (1-D index) of ``batch``, in that order."""
+    picked = rows.tolist()
+    tensors = {f.name: getattr(batch, f.name)[rows] for f in fields(batch)
+               if isinstance(getattr(batch, f.name), torch.Tensor)}
+    return replace(batch, **tensors, rewards=batch.rewards[picked], infos=[batch.infos[i] for i in picked])
+
+
+def _pad_cat(parts: list[torch.Tensor], value: float | bool, left: bool = False) -> torch.Tensor:
+    """Concatenate along dim 0 tensors of different widths (dim 1), padding each on the right (or left)."""
+    width = max(p.shape[1] for p in parts)
+    padded = []
+    for p in parts:
+        pad = p.new_full((p.shape[0], width - p.shape[1], *p.shape[2:]), value)
+        padded.append(torch.cat([pad, p] if left else [p, pad], 1))
+    return torch.cat(padded)
+
+
+def concat_batches(batches: list[RolloutBatch], pad_token_id: int) -> RolloutBatch:
+    """One batch of every episode of ``batches``: prompts stay left-padded, responses right-padded."""
+    first = batches[0]
+    return RolloutBatch(
+        prompt_ids=_pad_cat([b.prompt_ids for b in batches], pad_token_id, left=True),
+        prompt_mask=_pad_cat([b.prompt_mask for b in batches], 0, left=True),
+        response_ids=_pad_cat([b.response_ids for b in batches], pad_token_id),
+        response_mask=_pad_cat([b.response_mask for b in batches], 0),
+        logprobs=_pad_cat([b.logprobs for b in batches], 0.0),
+        entropy=_pad_cat([b.entropy for b in batches], 0.0),
+        rewards=np.concatenate([b.rewards for b in batches]),
+        infos=[info for b in batches for info in b.infos],
+        action_masks=None if first.action_masks is None else _pad_cat([b.action_masks for b in batches], True),
+        hidden=None if first.hidden is None else _pad_cat([b.hidden for b in batches], 0.0),
+    )
+
+
+@dataclass(frozen=True)
+class KLPenalty:
+    """A KL to the reference inside the loss (GRPO): ``beta * k3(pi, pi_ref)`` per token."""
+
+    ref: torch.Tensor
+    """(B, T) the reference's log-probs of the batch's responses."""
+    beta: float
+    """The KL's weight."""
+    bias_correction: bool
+    """Multiply the k3 term by the ratio pi / pi_old, so that its gradient is the unbiased reverse-KL
+    gradient off-policy too (TRL's ``use_bias_correction_kl``, DeepSeek-V3.2)."""
+
+
+class ClippedPolicyAgent(Agent):
+    """Base of the agents that update by the clipped token-level surrogate (GRPO, REINFORCE++): no value model."""
+
+    config: ClippedPolicyConfig
+
+    def _build(self, checkpoint: object) -> None:
+        self._make_optimizer(trainable_parameters(self.policy))  # with LoRA: the adapters only
+
+    def _reference_logprobs(self, batch: RolloutBatch) -> torch.Tensor:
+        """(B, T) the reference's log-probs of the batch's responses, one packed pass without grad."""
+        with torch.no_grad():
+            return response_logprobs(self.reference, batch, self.config.temperature, self.task.vocab_size).logprobs
+
+    def _clipped_loss(self, batch: RolloutBatch, idx: torch.Tensor, advantages: torch.Tensor, loss_mask: torch.Tensor,
+                      kl: KLPenalty | None, scale: LossScale) -> tuple[torch.Tensor, torch.Tensor]:
+        """A micro-batch ``idx``'s loss and (clipped-low, clipped-high, approx-KL) token means, from a fresh pass.
+
+        With ``kl`` its per-token penalty joins the surrogate (TRL's GRPO ``_compute_loss``).
+        """
+        cfg = self.config
+        new = response_logprobs(self.policy, batch, cfg.temperature, self.task.vocab_size, index=idx).logprobs
+        m, adv, old = loss_mask[idx], advantages[idx], batch.logprobs[idx]  # (b, T)
+        low, high = cfg.clip_range
+        per_token, ratio = clipped_token_loss(new, old, adv, low, high)  # (b, T)
+        if kl is not None and kl.beta:
+            k3 = kl_estimate(new, kl.ref[idx], "k3")  # (b, T)
+            per_token = per_token + kl.beta * (k3 * ratio if kl.bias_correction else k3)
+        loss = aggregate_loss(per_token, m, cfg.loss_type, scale)
+        with torch.no_grad():
+            tokens = m.sum().clamp(min=1)
+            log_ratio = (new - old) * m
+            stats = torch.stack([(((ratio < 1 - low) & (adv < 0)) * m).sum() / tokens,
+                                 (((ratio > 1 + high) & (adv > 0)) * m).sum() / tokens,
+                                 ((log_ratio.exp() - 1 - log_ratio) * m).sum() / tokens])
+        return loss, stats
+
+    def _loss_scale(self, loss_mask: torch.Tensor) -> LossScale:
+        """The loss denominators of each optimiser step over a batch with this (B, T) loss mask."""
+        cfg = self.config
+        steps_per_pass = cfg.num_mini_batches // cfg.accumulation
+        return LossScale(rows=loss_mask.shape[0] // steps_per_pass, tokens=float(loss_mask.sum()) / steps_per_pass,
+                         parts=cfg.accumulation, max_completion_length=self.task.max_new_tokens)
+
+    def _clipped_update(self, batch: RolloutBatch, advantages: torch.Tensor, loss_mask: torch.Tensor,
+                        kl: KLPenalty | None, passes: int, reshuffle: bool) -> dict[str, float]:
+        """``passes`` over the batch in minibatches; returns the update's mean statistics.
+
+        The row order is drawn once per batch (TRL shuffles each generation batch once and reuses
+        its order for every iteration) or, with ``reshuffle``, anew every pass (PPO epochs, OpenRLHF).
+        """
+        cfg = self.config
+        n, scale = loss_mask.shape[0], self._loss_scale(loss_mask)
+        steps_per_pass = cfg.num_mini_batches // cfg.accumulation
+        stats: dict[str, list[float]] = defaultdict(list)
+        order = torch.randperm(n, generator=self.generator, device=self.device)
+        for p in range(passes):
+            if reshuffle and p:
+                order = torch.randperm(n, generator=self.generator, device=self.device)
+            parts = order.chunk(cfg.num_mini_batches)
+            for step in range(steps_per_pass):
+                step_loss = 0.0
+                for idx in parts[step * cfg.accumulation:(step + 1) * cfg.accumulation]:
+                    loss, part = self._clipped_loss(batch, idx, advantages, loss_mask, kl, scale)
+                    self._backward(loss, f"{type(self).__name__} loss")
+                    step_loss += float(loss.detach())
+                    for name, value in zip(("clip_ratio_low", "clip_ratio_high", "approx_kl"), part.tolist(),
+                                           strict=True):
+                        stats[name].append(value)
+                stats["policy_loss"].append(step_loss)
+                stats["grad_norm"].append(self._optimizer_step())
+        return {name: float(np.mean(values)) for name, values in stats.items()}
+
+    def _kl_metrics(self, batch: RolloutBatch, ref: torch.Tensor, kl: torch.Tensor) -> dict[str, float]:
+        """``kl`` (the per-response KL in use) and per-response k1 and k3 KL to the reference of the sampling policy."""
+        mask = batch.response_mask.float()
+        return {"kl": float(kl.mean()), "kl_k1": float(kl_per_response(batch.logprobs, ref, mask, "k1").mean()),
+                "kl_k3": float(kl_per_response(batch.logprobs, ref, mask, "k3").mean())}
