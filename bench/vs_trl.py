@@ -1,6 +1,6 @@
 """TRL's RLOOTrainer and GRPOTrainer against our RLOO, GRPO and PPOKL: same policy, reward model, prompts, batch.
 
-Run: .venv/bin/python bench/vs_trl.py              (about 6 minutes on 2 idle CPU cores)
+Run: .venv/bin/python bench/vs_trl.py              (on 2 CPU cores: RLOO, PPOKL, GRPO ~9 min; DPO ~6 more)
      .venv/bin/python bench/vs_trl.py --steps 2    (smoke run, about 2 minutes)
 
 All five start from the embedded default policy (4.24 M-parameter GPT-2), score with the
