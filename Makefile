@@ -12,7 +12,7 @@ APT_PACKAGES := chromium chromium-driver fortunes stockfish gnuchess-book pgn-ex
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo demo-full test test-all lint bench defaults system-deps clean
+.PHONY: demo demo-full leaderboard test test-all lint bench defaults system-deps clean
 
 $(TORCH_STAMP):
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ demo: $(DEMO_STAMP)
 # The larger published comparison (README): PPOKL, RLOO and SB3 PPO side by side.
 demo-full: $(DEMO_STAMP)
 	$(VENV)/bin/rlhf-gym pipeline --out runs/demo-full --agents ppo_kl,rloo,sb3_ppo
+
+# Every registered agent on one frontier, 3 seeds (README, "rlhf-gym leaderboard"): over an hour on 2 cores.
+leaderboard: $(DEMO_STAMP)
+	$(VENV)/bin/rlhf-gym leaderboard --out runs/leaderboard
 
 test: $(TEST_STAMP) system-deps
 	$(VENV)/bin/ruff check .
