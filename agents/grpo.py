@@ -30,7 +30,6 @@ from agents.policy_gradient import (
     KLPenalty,
     ScaleRewards,
     check_non_negative,
-    concat_batches,
     group_advantages,
     select_rows,
 )
@@ -124,7 +123,7 @@ class GRPO(ClippedPolicyAgent):
             if int(informative.sum()) * k >= cfg.batch_size:
                 break
         self._draw = 0
-        batch = concat_batches(batches, self.task.pad_token_id) if len(batches) > 1 else batches[0]
+        batch = RolloutBatch.concat(batches, self.task.pad_token_id) if len(batches) > 1 else batches[0]
         if cfg.dynamic_sampling:
             # Informative groups first (in generation order), then the dropped ones to top up a short batch.
             groups = torch.cat([informative.nonzero().flatten(), (~informative).nonzero().flatten()])

@@ -43,12 +43,15 @@ def agent_device(device: str, dist: DistInfo, needs_policy: bool) -> torch.devic
     return resolve_rank_device(device, dist) if needs_policy else torch.device("cpu")
 
 
-def load_model(model: PolicyArg, device: torch.device) -> Any:
-    """``model`` on ``device`` in eval mode: a module as is, a folder loaded, None the embedded default policy."""
+def load_model(model: PolicyArg, device: torch.device, task: Any = None) -> Any:
+    """``model`` on ``device`` in eval mode: a module as is, a folder loaded, None the task's default policy.
+
+    None loads ``task.default_policy`` (each registered env ships one), else the embedded default of RLHFText-v0.
+    """
     if model is None:
         from text_env.defaults import default_policy_path
 
-        model = default_policy_path()
+        model = getattr(task, "default_policy", None) or default_policy_path()
     if isinstance(model, torch.nn.Module):
         return model.to(device).eval()
     with quiet_transformers():
@@ -98,12 +101,12 @@ def build_models(
     """
     model = None
     if needs_policy:
-        model = load_model(policy, device)
+        model = load_model(policy, device, task)
         _check_fits(model, task, lora)
     anchor = None
     if needs_reference and (lora is None or reference is not None):
         # The reference is a frozen copy of the initial policy: no grad, eval (docs/ppo_details.md #1).
-        anchor = copy.deepcopy(model) if reference is None else load_model(reference, device)
+        anchor = copy.deepcopy(model) if reference is None else load_model(reference, device, task)
         anchor.requires_grad_(False).eval()
     if lora is not None:
         model = add_lora(model, lora, adapter).to(device)

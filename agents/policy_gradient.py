@@ -27,7 +27,7 @@ from agents.rollout import RolloutBatch
 from agents.scoring import response_logprobs
 
 __all__ = ["LOSS_TYPES", "ClippedPolicyAgent", "ClippedPolicyConfig", "KLPenalty", "LossScale", "LossType",
-           "ScaleRewards", "aggregate_loss", "check_non_negative", "clipped_token_loss", "concat_batches",
+           "ScaleRewards", "aggregate_loss", "check_non_negative", "clipped_token_loss",
            "group_advantages", "select_rows"]
 
 LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
@@ -146,33 +146,6 @@ def select_rows(batch: RolloutBatch, rows: torch.Tensor) -> RolloutBatch:
     tensors = {f.name: getattr(batch, f.name)[rows] for f in fields(batch)
                if isinstance(getattr(batch, f.name), torch.Tensor)}
     return replace(batch, **tensors, rewards=batch.rewards[picked], infos=[batch.infos[i] for i in picked])
-
-
-def _pad_cat(parts: list[torch.Tensor], value: float | bool, left: bool = False) -> torch.Tensor:
-    """Concatenate along dim 0 tensors of different widths (dim 1), padding each on the right (or left)."""
-    width = max(p.shape[1] for p in parts)
-    padded = []
-    for p in parts:
-        pad = p.new_full((p.shape[0], width - p.shape[1], *p.shape[2:]), value)
-        padded.append(torch.cat([pad, p] if left else [p, pad], 1))
-    return torch.cat(padded)
-
-
-def concat_batches(batches: list[RolloutBatch], pad_token_id: int) -> RolloutBatch:
-    """One batch of every episode of ``batches``: prompts stay left-padded, responses right-padded."""
-    first = batches[0]
-    return RolloutBatch(
-        prompt_ids=_pad_cat([b.prompt_ids for b in batches], pad_token_id, left=True),
-        prompt_mask=_pad_cat([b.prompt_mask for b in batches], 0, left=True),
-        response_ids=_pad_cat([b.response_ids for b in batches], pad_token_id),
-        response_mask=_pad_cat([b.response_mask for b in batches], 0),
-        logprobs=_pad_cat([b.logprobs for b in batches], 0.0),
-        entropy=_pad_cat([b.entropy for b in batches], 0.0),
-        rewards=np.concatenate([b.rewards for b in batches]),
-        infos=[info for b in batches for info in b.infos],
-        action_masks=None if first.action_masks is None else _pad_cat([b.action_masks for b in batches], True),
-        hidden=None if first.hidden is None else _pad_cat([b.hidden for b in batches], 0.0),
-    )
 
 
 @dataclass(frozen=True)

@@ -193,12 +193,13 @@ class PPOKL(Agent):
         mask = batch.response_mask if index is None else batch.response_mask[index]
         return values.squeeze(-1).float() * mask
 
-    def _sequence_rewards(self, batch: RolloutBatch) -> torch.Tensor:
-        """(B,) what step 4 puts on each response's last token: the env reward less the missing-EOS penalty.
+    def _token_rewards(self, batch: RolloutBatch) -> torch.Tensor:
+        """(B, T) what step 4 adds to the KL penalty: the env's rewards where they came, less the missing-EOS penalty.
 
-        The one place a subclass reshapes the score (:class:`agents.vbon.VBoN`: its log-CDF under the reference).
+        One-turn episodes: the score on the last token. The one place a subclass reshapes the
+        score (:class:`agents.vbon.VBoN`: its log-CDF under the reference).
         """
-        return batch.penalized_rewards(self.config.missing_eos_penalty)
+        return batch.token_rewards(self.config.missing_eos_penalty)
 
     def _iteration(self) -> tuple[dict[str, float], int]:
         cfg, vocab, dist = self.config, self.task.vocab_size, self.dist
@@ -224,10 +225,10 @@ class PPOKL(Agent):
         kl = kl_estimate(old, ref, cfg.kl_estimator) * mask  # (B, T)
         beta = self.kl_ctl.value
 
-        # 4. Reward: -beta * KL on every token, the sequence reward (the score) on the last response token only.
-        score = self._sequence_rewards(batch)  # (B,)
-        rewards = -beta * kl  # (B, T)
-        rewards[torch.arange(n, device=self.device), batch.lengths - 1] += score
+        # 4. Reward: -beta * KL on every token, the score on the last response token only (in a
+        # multi-turn episode, each turn's reward on that turn's last token).
+        score = self._token_rewards(batch)  # (B, T)
+        rewards = -beta * kl + score  # (B, T)
         if cfg.whiten_rewards:  # OAI: scale rewards, keep their sign (shift_mean=False)
             rewards = masked_whiten(rewards, mask, shift_mean=False, dist=dist)
 
@@ -287,7 +288,7 @@ class PPOKL(Agent):
             kl_k1=float(kl_per_response(old, ref, mask, "k1").mean()),
             kl_k3=float(kl_per_response(old, ref, mask, "k3").mean()),
             beta=beta,
-            objective=float(score.mean()) - beta * mean_kl,
+            objective=float(score.sum(1).mean()) - beta * mean_kl,
             entropy=float(masked_mean(batch.entropy, mask)),
             explained_variance=explained_variance(old_values, returns, mask),
             value_mean=float(masked_mean(old_values, mask)),

@@ -84,19 +84,24 @@ def kl_per_response(logp: torch.Tensor, logp_ref: torch.Tensor, mask: torch.Tens
 def compute_gae(
     rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimation over right-padded responses; returns (advantages, returns).
+    """Generalised advantage estimation over the agent's tokens (``mask``); returns (advantages, returns).
 
-    The value after the last response token is 0: the response is final and scored, so
-    nothing is bootstrapped past it (docs/ppo_details.md #10). Returns are ``advantages + values``.
+    The value after the last agent token is 0: the episode is final and scored, so nothing is
+    bootstrapped past it (docs/ppo_details.md #10). Tokens outside ``mask`` (padding, and the
+    tokens the env inserts between turns of a multi-turn episode) are skipped, not steps: the
+    next state of an agent token is the next agent token's. Returns are ``advantages + values``.
     """
     rewards, values = rewards * mask, values * mask  # (B, T)
+    taken = mask.bool()  # (B, T)
     advantages = torch.zeros_like(rewards)  # (B, T)
-    last = torch.zeros_like(rewards[:, 0])  # (B,)
+    last = torch.zeros_like(rewards[:, 0])  # (B,) the advantage of the next agent token
+    next_value = torch.zeros_like(last)  # (B,) the value of the next agent token
     for t in reversed(range(rewards.shape[1])):
-        next_value = values[:, t + 1] if t + 1 < rewards.shape[1] else torch.zeros_like(last)  # (B,)
         delta = rewards[:, t] + gamma * next_value - values[:, t]  # (B,)
-        last = delta + gamma * lam * last
-        advantages[:, t] = last
+        advantage = delta + gamma * lam * last
+        last = torch.where(taken[:, t], advantage, last)
+        next_value = torch.where(taken[:, t], values[:, t], next_value)
+        advantages[:, t] = advantage
     advantages = advantages * mask
     return advantages, (advantages + values) * mask
 

@@ -25,9 +25,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from agents.rollout import RolloutBatch, make_rollout_env, rollout
 from reward_models.hf import resolve_device
@@ -154,34 +152,5 @@ class RolloutPool:
 def merge_batches(batches: Sequence[RolloutBatch], pad_token_id: int,
                   device: torch.device | str = "cpu") -> RolloutBatch:
     """One batch from several: prompts left-padded and responses right-padded to the widest, as one rollout pads."""
-    width_p = max(b.prompt_ids.shape[1] for b in batches)
-    width_t = max(b.response_ids.shape[1] for b in batches)
-
-    def left(x: torch.Tensor, value: int) -> torch.Tensor:
-        return F.pad(x, (width_p - x.shape[1], 0), value=value)  # (b, P)
-
-    def right(x: torch.Tensor, value: float) -> torch.Tensor:
-        return F.pad(x, (0, width_t - x.shape[1]), value=value)  # (b, T)
-
-    def right_states(x: torch.Tensor) -> torch.Tensor:
-        return F.pad(x, (0, 0, 0, width_t - x.shape[1]))  # (b, T, H)
-
-    masks = None
-    if batches[0].action_masks is not None:
-        # Finished episodes allow every token (as the env does), so padded steps match a single rollout.
-        masks = torch.cat([torch.cat([b.action_masks, b.action_masks.new_ones(
-            b.action_masks.shape[0], width_t - b.action_masks.shape[1], b.action_masks.shape[2])], 1)
-            for b in batches])  # (B, T, V)
-    merged = RolloutBatch(
-        prompt_ids=torch.cat([left(b.prompt_ids, pad_token_id) for b in batches]),  # (B, P)
-        prompt_mask=torch.cat([left(b.prompt_mask, 0) for b in batches]),  # (B, P)
-        response_ids=torch.cat([right(b.response_ids, pad_token_id) for b in batches]),  # (B, T)
-        response_mask=torch.cat([right(b.response_mask, 0) for b in batches]),  # (B, T)
-        logprobs=torch.cat([right(b.logprobs, 0.0) for b in batches]),  # (B, T)
-        entropy=torch.cat([right(b.entropy, 0.0) for b in batches]),  # (B, T)
-        rewards=np.concatenate([b.rewards for b in batches]),
-        infos=[info for b in batches for info in b.infos],
-        action_masks=masks,
-        hidden=None if batches[0].hidden is None else torch.cat([right_states(b.hidden) for b in batches]),  # (B, T, H)
-    )
+    merged = RolloutBatch.concat(batches, pad_token_id)
     return _to(merged, device)

@@ -92,7 +92,6 @@ class ReinforcePP(ClippedPolicyAgent):
         # 1. Generate (num_generations samples per prompt; the baseline needs several).
         batch = self._generate(group_size=cfg.num_generations)
         mask = batch.response_mask.float()  # (B, T)
-        n = mask.shape[0]
 
         # 2. Old log-probs are the rollout's; the reference takes one packed pass.
         ref = self._reference_logprobs(batch)  # (B, T)
@@ -104,10 +103,12 @@ class ReinforcePP(ClippedPolicyAgent):
         raw = batch.penalized_rewards(cfg.missing_eos_penalty)  # (B,)
         score = group_advantages(raw, cfg.num_generations) if cfg.baseline else raw  # (B,)
 
-        # 5. Token rewards: -beta * KL everywhere, the score on the last token; returns are their
-        # discounted sums to the end (GAE with zero values and lambda 1 is exactly that).
-        rewards = -cfg.beta * kl  # (B, T)
-        rewards[torch.arange(n, device=self.device), batch.lengths - 1] += score
+        # 5. Token rewards: -beta * KL everywhere, the score on the last token (multi-turn: each turn's
+        # reward on its last token, the baseline on the episode's); returns are their discounted sums
+        # to the end (GAE with zero values and lambda 1 is exactly that).
+        rewards = -cfg.beta * kl + batch.token_rewards(cfg.missing_eos_penalty)  # (B, T)
+        if cfg.baseline:
+            rewards = rewards + batch.on_last_token(score - raw)
         returns, _ = compute_gae(rewards, torch.zeros_like(rewards), mask, cfg.gamma, 1.0)  # (B, T)
 
         # 6. Advantages: the returns whitened over every token of the batch (global, OpenRLHF).

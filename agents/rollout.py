@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
@@ -20,9 +19,9 @@ import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode
 
+from agents.rollout_batch import RolloutBatch, interleave_env_tokens
 from text_env import Task, TextGenerationEnv, TextGenerationVectorEnv
 from text_env.observation import action_logits, next_token_logits, position_ids
-from text_env.task import END_EOS, missing_eos_penalties
 
 __all__ = [
     "RolloutBatch",
@@ -34,79 +33,6 @@ __all__ = [
     "rollout",
     "sample_next_token",
 ]
-
-
-@dataclass
-class RolloutBatch:
-    """One synchronous batch of finished episodes, on the model's device."""
-
-    prompt_ids: torch.Tensor
-    """(B, P) prompt tokens, left-padded to the batch's longest prompt."""
-    prompt_mask: torch.Tensor
-    """(B, P) 1 on prompt tokens, 0 on padding."""
-    response_ids: torch.Tensor
-    """(B, T) sampled tokens, right-padded with the task's pad id to the longest response."""
-    response_mask: torch.Tensor
-    """(B, T) 1 on response tokens, 0 on padding."""
-    logprobs: torch.Tensor
-    """(B, T) log-probs of the sampled tokens under the temperature-scaled (masked) policy; 0 on padding.
-    They are the policy's old log-probs: :func:`agents.scoring.response_logprobs` of the same sequences gives them
-    again up to float rounding (tests/test_rollout.py), so agents need not recompute them."""
-    entropy: torch.Tensor
-    """(B, T) entropy of the temperature-scaled (masked) distribution each token was sampled from; 0 on padding."""
-    rewards: np.ndarray
-    """(B,) the env's final-step rewards: score minus the task's penalties."""
-    infos: list[dict[str, Any]]
-    """The env's final ``info`` per episode: prompt, response, score, end_reason, gold_score, ..."""
-    action_masks: torch.Tensor | None
-    """(B, T, V) bool allowed tokens at each response step, when the task has an action-mask rule."""
-    hidden: torch.Tensor | None
-    """(B, T, H) the policy's last hidden state at the position that predicted each response token
-    (the state s_t a shared value head reads), with ``rollout(..., output_hidden=True)``; 0 on padding."""
-
-    @property
-    def scores(self) -> np.ndarray:
-        """(B,) raw reward-model scores."""
-        return np.array([info["score"] for info in self.infos])
-
-    @property
-    def gold_scores(self) -> np.ndarray | None:
-        """(B,) gold scores, when the task has a gold scorer."""
-        if "gold_score" not in self.infos[0]:
-            return None
-        return np.array([info["gold_score"] for info in self.infos])
-
-    @property
-    def lengths(self) -> torch.Tensor:
-        """(B,) response lengths in tokens."""
-        return self.response_mask.sum(1)
-
-    @property
-    def ended_by_eos(self) -> np.ndarray:
-        """(B,) bool: the response ended on the tokenizer's EOS (not a stop string or the length cap)."""
-        return np.array([info["end_reason"] == END_EOS for info in self.infos])
-
-    def metrics(self) -> dict[str, float]:
-        """Episode statistics every agent logs: proxy and gold score, length, share ended by EOS."""
-        out = {
-            "score": float(self.scores.mean()),
-            "reward": float(self.rewards.mean()),
-            "response_length": float(self.lengths.float().mean()),
-            "eos_fraction": float(np.mean(self.ended_by_eos)),
-        }
-        gold = self.gold_scores
-        if gold is not None:
-            out["gold_score"] = float(gold.mean())
-        return out
-
-    def penalized_rewards(self, missing_eos_penalty: float) -> torch.Tensor:
-        """(B,) float32 the env rewards minus ``missing_eos_penalty`` for each response cut at the length cap.
-
-        The agents' extra penalty on top of the task's own (docs/ppo_details.md #7).
-        """
-        penalties = missing_eos_penalties([info["end_reason"] for info in self.infos], missing_eos_penalty)
-        return torch.as_tensor(self.rewards - penalties, dtype=torch.float32,
-                               device=self.response_mask.device)
 
 
 def make_rollout_env(env: Any, num_envs: int) -> gym.vector.VectorEnv:
@@ -251,8 +177,10 @@ def rollout(
     task: Task = env.unwrapped.task
     obs = _reset(env, seed, group_size, prompts)
     device = next(model.parameters()).device if model is not None else torch.device("cpu")
-    n, max_new, vocab = env.num_envs, task.max_new_tokens, task.vocab_size
-    uniforms = None if seed is None else torch.from_numpy(episode_uniforms(range(seed, seed + n), max_new)).to(device)
+    n, vocab = env.num_envs, task.vocab_size
+    # The most agent steps an episode can take: every turn at the length cap.
+    max_steps = task.max_new_tokens * (task.max_turns if task.turn_rule is not None else 1)
+    uniforms = None if seed is None else torch.from_numpy(episode_uniforms(range(seed, seed + n), max_steps)).to(device)
     prompt_len = int(obs["attention_mask"].sum(1).max())
     prompt_ids = torch.from_numpy(obs["input_ids"][:, -prompt_len:]).to(device)  # (B, P)
     prompt_mask = torch.from_numpy(obs["attention_mask"][:, -prompt_len:]).to(device)  # (B, P)
@@ -260,9 +188,11 @@ def rollout(
     # The model computes only the live rows, the episodes still running: a finished one would
     # just feed pad tokens (on the default task responses end after half the steps on average).
     live = torch.arange(n, device=device)  # (b,) batch rows the model computes
-    # One preallocated mask for prompt + response of the live rows; column P+t is token t.
-    attention = torch.zeros(n, prompt_len + max_new, dtype=torch.long, device=device)  # (b, P+T)
+    # The attention mask over everything the KV cache holds, preallocated for one-turn episodes
+    # (prompt + response) and widened when env tokens arrive; ``width`` columns are in use.
+    attention = torch.zeros(n, prompt_len + task.max_new_tokens, dtype=torch.long, device=device)  # (b, P+T)
     attention[:, :prompt_len] = prompt_mask
+    width = prompt_len
     position = position_ids(prompt_mask)  # (b, P)
     if model is not None:
         # The samples of a group share their prompt: prefill it once and repeat its KV cache.
@@ -278,11 +208,11 @@ def rollout(
     position = position[:, -1]  # (b,)
     masked = task.action_mask is not None
     running = np.ones(n, dtype=bool)
-    rewards = np.zeros(n, dtype=np.float64)
+    inserted: list[dict[int, tuple[list[int], bool]]] = [{} for _ in range(n)]  # row -> {step: (env tokens, restart)}
     final_infos: list[dict[str, Any]] = [{} for _ in range(n)]
-    tokens, logps, entropies, hiddens, steps_running, step_masks = [], [], [], [], [], []
+    tokens, logps, entropies, hiddens, steps_running, step_masks, step_rewards = [], [], [], [], [], [], []
 
-    for t in range(max_new):
+    for t in range(max_steps):
         allowed = torch.from_numpy(env.unwrapped.action_masks()).to(device) if masked else None  # (B, V)
         logp_all = next_token_logprobs(logits, temperature, vocab, None if allowed is None else allowed[live])  # (b, V)
         if uniforms is not None:
@@ -300,16 +230,18 @@ def rollout(
         if masked:
             step_masks.append(allowed)
 
-        _, step_rewards, terminated, truncated, infos = env.step(token.cpu().numpy())
+        _, rewards, terminated, truncated, infos = env.step(token.cpu().numpy())
+        step_rewards.append(torch.from_numpy(np.where(running, rewards, 0.0)).to(device))  # (B,) float64
         ended = running & (terminated | truncated)
         for i in np.flatnonzero(ended):
-            rewards[i] = step_rewards[i]
             final_infos[i] = {k: v[i] for k, v in infos.items() if not k.startswith("_") and infos[f"_{k}"][i]}
+        if "env_tokens" in infos:  # a turn ended and the env replied: those rows go on after its tokens
+            for i in np.flatnonzero(infos["_env_tokens"] & running & ~ended):
+                inserted[i][t] = (list(infos["env_tokens"][i]), bool(infos["restart"][i]))
         still = ~ended[live.cpu().numpy()]  # (b,) which live rows run on
         running &= ~ended
         if not running.any():
             break
-        position = position + 1
         if not still.all():  # drop the rows that just finished, from the KV cache too
             keep = torch.from_numpy(np.flatnonzero(still)).to(device)
             live, attention, position = live[keep], attention[keep], position[keep]
@@ -318,32 +250,69 @@ def rollout(
         if model is None:
             logits = torch.zeros(len(live), vocab, device=device)  # (b, V)
             continue
-        # Feed only the new token of each live row (docs/ppo_details.md #6: positions continue from the prompt's).
-        attention[:, prompt_len + t] = 1
+        # Feed each live row its new token, and after a turn the env's tokens with it (one pass:
+        # the KV cache grows by the widest row's block). Positions continue from the prompt's
+        # (docs/ppo_details.md #6), or restart with a fresh context.
+        blocks = [inserted[i].get(t) for i in live.tolist()]
+        ids, block_mask, block_position, restart = _blocks(token[live], position, blocks)  # (b, K) x3, (b,)
+        if width + ids.shape[1] > attention.shape[1]:
+            attention = torch.cat([attention, attention.new_zeros(len(live), ids.shape[1] + task.max_new_tokens)], 1)
+        attention[restart, :width] = 0  # a fresh rendering of the state replaces the context
+        attention[:, width : width + ids.shape[1]] = block_mask
+        width += ids.shape[1]
+        position = block_position[:, -1]  # (b,)
         with autocast(device):
-            out = model(input_ids=token[live, None], attention_mask=attention[:, : prompt_len + t + 1],
-                        position_ids=position[:, None], cache=out.cache, use_cache=True,
-                        output_hidden_states=output_hidden)
+            out = model(input_ids=ids, attention_mask=attention[:, :width], position_ids=block_position,
+                        cache=out.cache, use_cache=True, logits_to_keep=1, output_hidden_states=output_hidden)
         logits = out.logits[:, -1]  # (b, V)
         state = out.hidden_states[-1][:, -1] if output_hidden else None  # (b, H)
     if running.any():
         raise RuntimeError(
-            f"sub-envs {np.flatnonzero(running).tolist()} did not end within max_new_tokens={max_new}; "
-            "the env must terminate every episode by its length cap."
+            f"sub-envs {np.flatnonzero(running).tolist()} did not end within {max_steps} steps; "
+            "the env must end every response at its length cap and every episode within max_turns."
         )
-    response_mask = torch.stack(steps_running, 1).long()  # (B, T)
-    return RolloutBatch(
-        prompt_ids=prompt_ids,
-        prompt_mask=prompt_mask,
-        response_ids=torch.stack(tokens, 1),  # (B, T)
-        response_mask=response_mask,
-        logprobs=torch.stack(logps, 1),  # (B, T)
-        entropy=torch.stack(entropies, 1),  # (B, T)
-        rewards=rewards,
-        infos=final_infos,
-        action_masks=torch.stack(step_masks, 1) if masked else None,  # (B, T, V)
-        hidden=torch.stack(hiddens, 1) if output_hidden else None,  # (B, T, H)
-    )
+    steps = {
+        "response_ids": torch.stack(tokens, 1),  # (B, S)
+        "response_mask": torch.stack(steps_running, 1).long(),  # (B, S)
+        "logprobs": torch.stack(logps, 1),  # (B, S)
+        "entropy": torch.stack(entropies, 1),  # (B, S)
+        "step_rewards": torch.stack(step_rewards, 1),  # (B, S)
+        "action_masks": torch.stack(step_masks, 1) if masked else None,  # (B, S, V)
+        "hidden": torch.stack(hiddens, 1) if output_hidden else None,  # (B, S, H)
+    }
+    if task.turn_rule is not None:
+        steps = interleave_env_tokens(steps, inserted, position_ids(prompt_mask)[:, -1], task.pad_token_id)
+    return RolloutBatch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, infos=final_infos,
+                        rewards=steps["step_rewards"].sum(1).cpu().numpy(), **steps)
+
+
+def _blocks(
+    token: torch.Tensor, position: torch.Tensor, blocks: list[tuple[list[int], bool] | None]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What each live row feeds the model next, right-aligned in one ``(b, K)`` block.
+
+    A row feeds its new token; after a turn, also the env's tokens (appended), or only them
+    (a restart: the new context begins at position 0). Returns the block's ids, mask and
+    positions, and which rows restart.
+    """
+    if not any(blocks):  # one token per row: the common, one-turn case
+        return token[:, None], torch.ones_like(token)[:, None], (position + 1)[:, None], torch.zeros_like(token).bool()
+    rows = []
+    for j, block in enumerate(blocks):
+        if block is None:
+            rows.append(([int(token[j])], int(position[j]) + 1))
+        else:
+            env_ids, fresh = block
+            rows.append((env_ids if fresh else [int(token[j]), *env_ids], 0 if fresh else int(position[j]) + 1))
+    k = max(len(r) for r, _ in rows)
+    ids = token.new_zeros(len(rows), k)
+    mask, positions = torch.zeros_like(ids), torch.zeros_like(ids)
+    for j, (row, start) in enumerate(rows):
+        ids[j, k - len(row) :] = torch.tensor(row)
+        mask[j, k - len(row) :] = 1
+        positions[j, k - len(row) :] = torch.arange(start, start + len(row))
+    restart = torch.tensor([b is not None and b[1] for b in blocks], device=token.device)
+    return ids, mask, positions, restart
 
 
 @torch.no_grad()

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from agents.rollout import RolloutBatch, autocast, next_token_logprobs
+from text_env.observation import position_ids
 
 __all__ = ["PackedSequences", "ResponseOutput", "SequenceBatch", "pack_sequences", "response_logprobs"]
 
@@ -90,9 +91,10 @@ def pack_sequences(batch: Sequences, index: torch.Tensor | None = None) -> Packe
     """Pack prompt + response of (the ``index`` rows of) ``batch``, rows as wide as the longest sequence."""
     rows = slice(None) if index is None else index
     prompt_ids, prompt_lengths = batch.prompt_ids[rows], batch.prompt_mask[rows].sum(1)  # (b, P), (b,)
-    response_ids, mask = batch.response_ids[rows], batch.response_mask[rows].bool()  # (b, T)
+    response_ids, mask = batch.response_ids[rows], batch.response_mask[rows].bool()  # (b, T) agent tokens
+    stream = mask if getattr(batch, "env_mask", None) is None else batch.stream_mask[rows].bool()  # (b, T)
     device, (n, width_p), n_resp = prompt_ids.device, prompt_ids.shape, response_ids.shape[1]
-    lengths = prompt_lengths + mask.sum(1)  # (b,)
+    lengths = prompt_lengths + stream.sum(1)  # (b,)
     sizes = lengths.tolist()
     width = max(sizes)
     # First-fit decreasing: longest sequence first, each into the first row with room for it.
@@ -113,13 +115,17 @@ def pack_sequences(batch: Sequences, index: torch.Tensor | None = None) -> Packe
     slots = (first[:, None] + cols)[real]  # (sum of lengths,) flat destination of every real token
     input_ids = torch.zeros(len(room) * width, dtype=torch.long, device=device).index_put((slots,), tokens[real])
     filled = torch.zeros(len(room) * width, dtype=torch.bool, device=device).index_put((slots,), torch.tensor(True))
-    position_ids = cols.repeat(len(room)).index_put((slots,), cols.expand(n, width)[real])  # (R * W,)
+    # Positions count from each sequence's start; a multi-turn stream carries its own (a fresh
+    # context restarts at 0, and the restart keeps it from attending to earlier turns).
+    positions = cols.expand(n, width) if getattr(batch, "positions", None) is None else torch.cat(
+        [position_ids(batch.prompt_mask[rows]), batch.positions[rows]], 1).gather(1, source)  # (b, W)
+    flat_positions = cols.repeat(len(room)).index_put((slots,), positions[real])  # (R * W,)
     input_ids = input_ids.view(len(room), width)  # (R, W)
     # Not the pad id in free slots: models that see it with no attention_mask warn about padding.
     input_ids = torch.where(filled.view_as(input_ids), input_ids, input_ids[:, :1])
     # Response token t of sequence i is predicted at the sequence's position p_i - 1 + t.
     states = (first + prompt_lengths - 1)[:, None] + torch.arange(n_resp, device=device)  # (b, T)
-    return PackedSequences(input_ids=input_ids, position_ids=position_ids.view_as(input_ids),
+    return PackedSequences(input_ids=input_ids, position_ids=flat_positions.view_as(input_ids),
                            states=states[mask], mask=mask)
 
 

@@ -131,14 +131,14 @@ class VBoN(PPOKL):
             self.reference_scores = {p: torch.tensor(s, dtype=torch.float32) for p, s in saved.items()}
 
     def _iteration(self) -> tuple[dict[str, float], int]:
-        # PPOKL's numbered steps; step 4 takes its score from _sequence_rewards below.
+        # PPOKL's numbered steps; step 4 takes its score from _token_rewards below.
         metrics, steps = super()._iteration()
         metrics.update(self._cdf_metrics)
         return metrics, steps
 
-    def _sequence_rewards(self, batch: RolloutBatch) -> torch.Tensor:
-        """(B,) log F_hat of each response's penalized score under its prompt's cached reference scores."""
-        score = super()._sequence_rewards(batch)  # (B,) the same penalties as the reference's
+    def _token_rewards(self, batch: RolloutBatch) -> torch.Tensor:
+        """(B, T) log F_hat of each episode's penalized return under its prompt's cached ones, on the last token."""
+        score = batch.penalized_rewards(self.config.missing_eos_penalty)  # (B,) the same penalties as the reference's
         prompts = [str(info["prompt"]) for info in batch.infos]
         self._sample_reference([p for p in dict.fromkeys(prompts) if p not in self.reference_scores])
         table = torch.stack([self.reference_scores[p] for p in prompts])  # (B, M) sorted
@@ -150,7 +150,7 @@ class VBoN(PPOKL):
             "reference_seconds": self.reference_seconds,
             "reference_prompts": float(len(self.reference_scores)),
         }
-        return reward.to(score.device)
+        return batch.on_last_token(reward.to(score.device))
 
     def _sample_reference(self, prompts: list[str]) -> None:
         """Sample M reference responses for each of ``prompts``, score them, and cache their sorted scores.

@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pipeline": ("rlhf_gym.pipeline.run:cli", "all four RLHF steps end to end, agents compared, a report (resumable)"),
     "leaderboard": ("rlhf_gym.pipeline.leaderboard:cli", "the pipeline over several seeds: every agent on one "
                     "frontier, mean ± s.e."),
+    "compare": ("rlhf_gym.compare:cli", "train agents on any registered env id, grade each on held-out episodes"),
     "report": ("rlhf_gym.pipeline.report:cli", "re-render report.md and the plots of a pipeline run"),
     "demo": ("rlhf_gym.demo:cli", "run a short episode loop on RLHFText-v0 and print texts and rewards"),
     "build-defaults": ("rlhf_gym.build.defaults:cli", "rebuild the embedded default tokenizer, policy and prompts"),

@@ -11,7 +11,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from reward_models import FunctionRewardModel
-from text_env import Task
+from text_env import Reply, Task
 from text_env.char_tokenizer import char_tokenizer
 
 
@@ -35,6 +35,27 @@ def count_task(max_new_tokens: int = 8, reward_delay: float = 0.0, **overrides) 
                    reward_model=reward, max_new_tokens=max_new_tokens, max_prompt_tokens=4)
     options.update(overrides)
     return Task(**options)
+
+
+class LetterGame:
+    """Toy turn rule: the env answers each response with 1-3 random letters; a response with two 'b's ends it."""
+
+    def __init__(self, prompt: str, rng) -> None:
+        self.rng = rng
+
+    def reply(self, response: str) -> Reply:
+        if response.count("b") >= 2:
+            return Reply(None, reward=1.0)
+        return Reply("".join(self.rng.choice(list("ab"), size=int(self.rng.integers(1, 4)))), reward=-0.1)
+
+
+def turns_task(next_observation: str = "conversation", max_new_tokens: int = 4, **overrides) -> Task:
+    """``count_task`` as a multi-turn game (:class:`LetterGame`): up to 3 turns, each scored by count_a.
+
+    The conversation outgrows ``max_prompt_tokens=12`` by the third turn, so it is left-truncated too.
+    """
+    options = dict(turn_rule=LetterGame, max_turns=3, next_observation=next_observation, max_prompt_tokens=12)
+    return count_task(max_new_tokens, **{**options, **overrides})
 
 
 def tiny_lm(task: Task, seed: int = 0, n_embd: int = 32, n_layer: int = 2) -> GPT2LMHeadModel:

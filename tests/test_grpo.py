@@ -13,7 +13,7 @@ from test_ppo_kl import progress
 
 from agents import GRPO, GRPOConfig
 from agents.grpo import cli
-from agents.policy_gradient import LOSS_TYPES, KLPenalty, concat_batches, group_advantages, select_rows
+from agents.policy_gradient import LOSS_TYPES, KLPenalty, group_advantages, select_rows
 from agents.registry import build_config, get_agent
 from agents.rollout import RolloutBatch
 from agents.scoring import response_logprobs
@@ -69,7 +69,9 @@ def constructed_batch(task, policy) -> tuple[RolloutBatch, torch.Tensor, torch.T
     batch = RolloutBatch(prompt_ids=prompt_ids, prompt_mask=torch.ones_like(prompt_ids), response_ids=response_ids,
                          response_mask=response_mask, logprobs=torch.zeros(n, T), entropy=torch.zeros(n, T),
                          rewards=rewards.double().numpy(), infos=[{"end_reason": e, "score": 0.0} for e in ends],
-                         action_masks=None, hidden=None)
+                         action_masks=None, hidden=None,
+                         step_rewards=torch.zeros(n, T, dtype=torch.float64).index_put_(
+                             (torch.arange(n), lengths - 1), rewards.double()))
     with torch.no_grad():
         logp = response_logprobs(policy, batch, 1.0, task.vocab_size).logprobs
     batch.logprobs = (logp + 0.3 * torch.randn(n, T, generator=g)) * response_mask
@@ -159,7 +161,7 @@ def test_select_and_concat_rows_keep_episodes_whole():
     batch, _, _ = constructed_batch(task, tiny_lm(task))
     short = select_rows(batch, torch.tensor([0, 4]))
     short = dataclasses.replace(short, prompt_ids=short.prompt_ids[:, 2:], prompt_mask=short.prompt_mask[:, 2:])
-    both = concat_batches([batch, short], task.pad_token_id)
+    both = RolloutBatch.concat([batch, short], task.pad_token_id)
     assert both.prompt_ids.shape == (10, 5) and both.response_ids.shape == (10, T)
     assert torch.equal(both.prompt_mask[8:, :2], torch.zeros(2, 2, dtype=torch.long))  # left-padded
     assert torch.equal(both.response_ids[8:], batch.response_ids[[0, 4]])

@@ -6,6 +6,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from conftest import make_task
+from rl_helpers import turns_task
 from gymnasium.vector import AutoresetMode
 
 from text_env import TextGenerationVectorEnv
@@ -46,9 +47,14 @@ TASK_WITH_MASK.action_mask = action_mask_rule
 
 
 @pytest.mark.parametrize("mode", [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP, AutoresetMode.DISABLED])
-@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
-def test_native_vector_env_equals_sync_vector_env(mode, masked):
-    task = TASK_WITH_MASK if masked else make_task(max_new_tokens=6, stop_strings=("!",))
+@pytest.mark.parametrize("kind", ["nomask", "mask", "conversation", "state"])
+def test_native_vector_env_equals_sync_vector_env(mode, kind):
+    """Also for multi-turn games (rl_helpers.LetterGame): the env's replies, per-turn rewards, truncation."""
+    masked = kind == "mask"
+    if kind in ("conversation", "state"):
+        task = turns_task(kind)
+    else:
+        task = TASK_WITH_MASK if masked else make_task(max_new_tokens=6, stop_strings=("!",))
     native = gym.make_vec("RLHFText-v0", num_envs=N, vectorization_mode="vector_entry_point",
                           task=task, autoreset_mode=mode)
     sync = gym.make_vec("RLHFText-v0", num_envs=N, vectorization_mode="sync", task=task,

@@ -11,9 +11,10 @@ import gymnasium as gym
 from text_env.env import TextGenerationEnv
 from text_env.factory import one_torch_thread
 from text_env.task import Task
+from text_env.turns import Game, Reply, TurnRule
 from text_env.vector_env import TextGenerationVectorEnv
 
-__all__ = ["Task", "TextGenerationEnv", "TextGenerationVectorEnv"]
+__all__ = ["Game", "Reply", "Task", "TextGenerationEnv", "TextGenerationVectorEnv", "TurnRule"]
 
 if hasattr(os, "register_at_fork"):  # POSIX; a forked env worker (async vector env, SubprocVecEnv) must not hang
     os.register_at_fork(after_in_child=one_torch_thread)

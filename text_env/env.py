@@ -80,7 +80,7 @@ class TextGenerationEnv(gym.Env):
             prompt = options["prompt"]
         else:
             prompt = self.task.sample_prompt(self.np_random)
-        info = self._episode.start(0, prompt)
+        info = self._episode.start(0, prompt, self.np_random)
         return self._episode.obs(0), info
 
     def render(self) -> str | None:

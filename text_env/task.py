@@ -15,6 +15,7 @@ import numpy as np
 
 from reward_models import RewardModel, checked_scores
 from reward_models.chat import Messages, check_messages, has_chat_template, is_messages, render_messages
+from text_env.turns import NextObservation, TurnRule
 
 Prompt = str | Messages
 """A prompt: text, or a conversation (``[{"role", "content"}, ...]``) rendered with the task's tokenizer."""
@@ -71,6 +72,19 @@ class Task:
     """Optional true objective, reported as ``info["gold_score"]`` but never used as reward."""
     info_fn: Callable[[str, str], dict[str, Any]] | None = None
     """Optional ``f(prompt, response_text) -> dict`` merged into the final ``info`` (e.g. chess move legality)."""
+    turn_rule: TurnRule | None = None
+    """Optional environment-turn rule (text_env/turns.py): ``rule(prompt, rng) -> Game``. When a response ends,
+    the game replies and the episode goes on until it says the end or ``max_turns``; every turn is scored.
+    None: one response per episode."""
+    max_turns: int = 8
+    """Turn limit of an episode with a turn rule: it ends after this many responses."""
+    next_observation: NextObservation = "conversation"
+    """With a turn rule, what the agent sees after a reply: "conversation" (the reply appended to everything
+    so far, left-truncated to ``max_prompt_tokens`` with a warning the first time) or "state" (the reply alone,
+    encoded as a new prompt: a fresh rendering of the state)."""
+    default_policy: str | None = None
+    """Folder of the policy agents load for this task when given none (a registered env's shipped policy);
+    None: the embedded default policy of RLHFText-v0."""
     name: str = "text"
     """Shown in errors and reports."""
     _prompt_cache: dict[str, list[int]] = field(default_factory=dict, init=False, repr=False)
@@ -100,6 +114,14 @@ class Task:
                 f"Task {self.name!r}: reward_model {self.reward_model!r} has no score(prompts, responses) "
                 "method; wrap a function with reward_models.FunctionRewardModel."
             )
+        if self.max_turns < 1:
+            raise ValueError(f"Task {self.name!r}: max_turns={self.max_turns} must be >= 1 (1: one response).")
+        if self.next_observation not in ("conversation", "state"):
+            raise ValueError(
+                f"Task {self.name!r}: next_observation={self.next_observation!r}; use 'conversation' or 'state'."
+            )
+        if self.turn_rule is not None and not callable(self.turn_rule):
+            raise TypeError(f"Task {self.name!r}: turn_rule must be callable as rule(prompt, rng) -> Game.")
         self.stop_strings = tuple(self.stop_strings)
         self._stop_tail = 4 * max(map(len, self.stop_strings), default=0) + 4
 
@@ -182,6 +204,22 @@ class Task:
             ids = ids[-self.max_prompt_tokens :]
         return ids
 
+    def encode_reply(self, text: str) -> list[int]:
+        """Token ids of a turn rule's reply: appended as they are ("conversation"), or as a new prompt ("state")."""
+        if self.next_observation == "state":
+            ids = list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
+        else:
+            ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        if len(ids) > self.max_prompt_tokens:
+            raise ValueError(
+                f"Task {self.name!r}: the env's reply of {len(ids)} tokens does not fit max_prompt_tokens="
+                f"{self.max_prompt_tokens}: {text[:40]!r}...; raise max_prompt_tokens or shorten the turn rule's "
+                "replies."
+            )
+        if not ids:
+            raise ValueError(f"Task {self.name!r}: the env's reply {text!r} is empty after tokenisation; give text.")
+        return ids
+
     # ---- stop rule ------------------------------------------------------------------
     def end_reason(self, response_ids: Sequence[int]) -> str | None:
         """Why the response just ended (``"eos"``, ``"stop_string"``, ``"max_new_tokens"``), or None."""
@@ -239,8 +277,8 @@ class Task:
         return rewards, infos
 
     def close(self) -> None:
-        """Release what the reward model and gold scorer hold (e.g. a chess engine process)."""
-        for model in (self.reward_model, self.gold_scorer):
+        """Release what the reward model, gold scorer and turn rule hold (e.g. a chess engine process)."""
+        for model in (self.reward_model, self.gold_scorer, self.turn_rule):
             close = getattr(model, "close", None)
             if callable(close):
                 close()

@@ -146,4 +146,4 @@ class TextGenerationVectorEnv(VectorEnv):
 
     def _reset_one(self, i: int, options: dict[str, Any]) -> dict[str, Any]:
         prompt = options["prompt"] if "prompt" in options else self.task.sample_prompt(self._rngs[i])
-        return self._episodes.start(i, prompt)
+        return self._episodes.start(i, prompt, self._rngs[i])

@@ -11,7 +11,7 @@ from gymnasium.vector import AutoresetMode
 from reward_models import RewardModel
 from text_env.chess.critics import make_critic
 from text_env.chess.moves import MAX_FEN_TOKENS, MAX_MOVE_CHARS, LegalMoveMask, chess_tokenizer, move_info
-from text_env.chess.positions import load_positions
+from text_env.chess.positions import CHESS_POLICY, load_positions
 from text_env.env import TextGenerationEnv
 from text_env.factory import prepare_worker
 from text_env.task import Task
@@ -41,6 +41,7 @@ def chess_task(
         action_mask=LegalMoveMask(tokenizer) if mask_illegal else None,
         enforce_action_mask=False,  # an off-mask move is just illegal: the critic prices it (check_env passes)
         info_fn=move_info,
+        default_policy=str(CHESS_POLICY),
         name="chess",
     )
 
