@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from gymnasium.vector import AutoresetMode
 
 from agents.agent_config import AgentConfig
@@ -151,7 +152,11 @@ class BestOfN(Agent):
         batch = rollout(self.policy, self._plan_env, temperature=self.config.temperature,
                         group_size=self.config.num_generations, prompts=[prompt], generator=self.generator)
         row = int(self.best(batch)[0])
-        return batch.response_ids[row][batch.response_mask[row].bool()].tolist()
+        ids, mine = batch.response_ids[row], batch.response_mask[row].bool()
+        if batch.env_mask is not None and batch.env_mask[row].any():
+            # A multi-turn episode: play its first response only; the next turn plans again from what it sees.
+            mine = mine & (torch.arange(len(ids), device=ids.device) < int(batch.env_mask[row].nonzero()[0]))
+        return ids[mine].tolist()
 
 
 def cli(argv: Sequence[str] | None = None) -> int:

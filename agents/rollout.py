@@ -257,7 +257,9 @@ def rollout(
         ids, block_mask, block_position, restart = _blocks(token[live], position, blocks)  # (b, K) x3, (b,)
         if width + ids.shape[1] > attention.shape[1]:
             attention = torch.cat([attention, attention.new_zeros(len(live), ids.shape[1] + task.max_new_tokens)], 1)
-        attention[restart, :width] = 0  # a fresh rendering of the state replaces the context
+        if restart.any():  # a fresh rendering of the state replaces the context
+            attention[restart, :width] = 0
+            attention, width = _drop_unseen_columns(out.cache, attention, width)
         attention[:, width : width + ids.shape[1]] = block_mask
         width += ids.shape[1]
         position = block_position[:, -1]  # (b,)
@@ -284,6 +286,21 @@ def rollout(
         steps = interleave_env_tokens(steps, inserted, position_ids(prompt_mask)[:, -1], task.pad_token_id)
     return RolloutBatch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, infos=final_infos,
                         rewards=steps["step_rewards"].sum(1).cpu().numpy(), **steps)
+
+
+def _drop_unseen_columns(cache: Any, attention: torch.Tensor, width: int) -> tuple[torch.Tensor, int]:
+    """Drop the oldest KV-cache columns once no live row attends to them (every row restarted past them).
+
+    A restart only masks the old context; without this, every later step would still attend over
+    the whole episode. Done for caches of plain layers (keys and values per layer), else skipped.
+    """
+    seen = attention[:, :width].any(0)  # (width,)
+    lead = int(seen.long().argmax()) if seen.any() else width
+    if lead < 8 or any(type(layer).__name__ != "DynamicLayer" for layer in getattr(cache, "layers", [None])):
+        return attention, width
+    for layer in cache.layers:
+        layer.keys, layer.values = layer.keys[:, :, lead:], layer.values[:, :, lead:]
+    return attention[:, lead:], width - lead
 
 
 def _blocks(

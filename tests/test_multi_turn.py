@@ -166,3 +166,20 @@ def test_rollout_on_a_registered_multi_turn_id_runs_through_make_vec():
     batch = rollout(None, make_rollout_env(env, 4), seed=0)
     assert all(1 <= info["turns"] <= 3 for info in batch.infos)
     assert batch.lengths.tolist() == [info["response_length"] for info in batch.infos]
+
+
+def test_predict_plays_whole_multi_turn_episodes_through_the_gym_loop(tmp_path):
+    """SB3-style predict (generic agents, best-of-n's plan per turn) acts only on the agent's turns."""
+    from agents import BestOfN, BestOfNConfig
+
+    task = turns_task("conversation")
+    agent = BestOfN(task, tiny_lm(task), BestOfNConfig(batch_size=4, num_generations=4, log_dir=str(tmp_path)))
+    env = TextGenerationEnv(task)
+    for seed in range(3):
+        obs, _ = env.reset(seed=seed)
+        state, start, done = None, True, False
+        while not done:
+            action, state = agent.predict(obs, state=state, episode_start=np.array([start]))
+            obs, _, done, _, info = env.step(int(action))
+            start = False
+        assert 1 <= info["turns"] <= 3
