@@ -119,7 +119,9 @@ def pack_sequences(batch: Sequences, index: torch.Tensor | None = None) -> Packe
     # context restarts at 0, and the restart keeps it from attending to earlier turns).
     positions = cols.expand(n, width) if getattr(batch, "positions", None) is None else torch.cat(
         [position_ids(batch.prompt_mask[rows]), batch.positions[rows]], 1).gather(1, source)  # (b, W)
-    flat_positions = cols.repeat(len(room)).index_put((slots,), positions[real])  # (R * W,)
+    # Free slots get position 0: a row can be wider than the model's positions (a long multi-turn stream).
+    flat_positions = torch.zeros(len(room) * width, dtype=torch.long, device=device).index_put(
+        (slots,), positions[real])  # (R * W,)
     input_ids = input_ids.view(len(room), width)  # (R, W)
     # Not the pad id in free slots: models that see it with no attention_mask warn about padding.
     input_ids = torch.where(filled.view_as(input_ids), input_ids, input_ids[:, :1])

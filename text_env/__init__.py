@@ -32,3 +32,10 @@ if "ChessMoveCritic-v0" not in gym.registry:
         entry_point="text_env.chess:make_chess_env",
         vector_entry_point="text_env.chess:make_chess_vector_env",
     )
+
+if "ChessGame-v0" not in gym.registry:
+    gym.register(
+        id="ChessGame-v0",
+        entry_point="text_env.chess:make_chess_game_env",
+        vector_entry_point="text_env.chess:make_chess_game_vector_env",
+    )

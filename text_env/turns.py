@@ -45,6 +45,10 @@ class Game(Protocol):
         ...
 
 
+RESERVED_INFO_KEYS = frozenset({"prompt", "response", "score", "gold_score", "reward", "reply", "end_reason",
+                                "response_length", "turn", "turns", "return", "env_tokens", "restart"})
+"""``info`` keys the env writes itself; a game's ``Reply.info`` may not overwrite them."""
+
 TurnRule = Callable[[str, np.random.Generator], Game]
 """``rule(prompt, rng) -> Game``: a new game for an episode starting from ``prompt``, drawing from the env's RNG."""
 
@@ -58,6 +62,9 @@ def check_reply(reply: Any, task_name: str) -> Reply:
         )
     if reply.text is not None and not isinstance(reply.text, str):
         raise TypeError(f"Task {task_name!r}: Reply.text is {type(reply.text).__name__}; give a str, or None to end.")
+    clash = RESERVED_INFO_KEYS & set(reply.info)
+    if clash:
+        raise ValueError(f"Task {task_name!r}: Reply.info uses the env's own keys {sorted(clash)}; rename them.")
     if not np.isfinite(reply.reward):
         raise FloatingPointError(
             f"Task {task_name!r}: the turn rule's Reply.reward is {reply.reward}; rewards must be finite."

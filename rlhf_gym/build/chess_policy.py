@@ -19,7 +19,6 @@ Run it as ``rlhf-gym chess-policy`` (default ``--out text_env/assets/chess/polic
 
 from __future__ import annotations
 
-import math
 import random
 import shutil
 import sys
@@ -52,9 +51,10 @@ from text_env.chess import (
     load_positions,
     open_engine,
     play_moves,
+    softmax_weights,
     top_moves,
 )
-from text_env.chess.grading import UNSCORED
+from text_env.chess.critics import UNSCORED
 
 
 @dataclass
@@ -123,8 +123,7 @@ class WeakEngine:
     def move(self, fen: str) -> str:
         """One move for ``fen`` as UCI."""
         scored = top_moves(self.engine, chess.Board(fen), self.config.demo_depth, self.config.multipv, 10_000)
-        top = max(cp for cp, _ in scored)
-        weights = [math.exp((cp - top) / self.config.temperature_cp) for cp, _ in scored]
+        weights = softmax_weights(scored, self.config.temperature_cp)
         return self.rng.choices([m.uci() for _, m in scored], weights=weights)[0]
 
     def close(self) -> None:

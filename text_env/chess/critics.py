@@ -7,11 +7,8 @@ or unparseable one.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import threading
-import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,14 +17,14 @@ import chess
 import chess.engine
 import numpy as np
 
-from reward_models import RewardModel
+from reward_models import FunctionRewardModel, RewardModel
 from text_env.chess.engine import (
     CP_CLIP,
+    EngineProcess,
+    analyse_position,
     clipped_cp,
-    close_engine,
     find_stockfish,
     move_accuracy,
-    open_engine,
     win_probability,
 )
 from text_env.chess.moves import critic_text, is_legal_move
@@ -35,6 +32,10 @@ from text_env.chess.positions import CRITIC_META_FILE, LEARNED_CRITIC
 
 ILLEGAL_SCORE = -1.0
 """Default score of an illegal or unparseable move: one below the worst legal score (0)."""
+UNSCORED = FunctionRewardModel(lambda fen, move: 0.0, name="unscored")
+"""A critic scoring every move 0: for envs played only to grade the moves afterwards, or a result-only reward."""
+
+
 class StockfishCritic:
     """Scores chess moves with Stockfish: Lichess's accuracy of the move, from its win-probability loss.
 
@@ -84,15 +85,11 @@ class StockfishCritic:
             )
         self.path = find_stockfish(stockfish_path)
         self.limit = chess.engine.Limit(depth=depth, time=time_limit)
-        self.timeout = timeout
-        self.hash_mb = hash_mb
         self.illegal_score = float(illegal_score)
         self.cache_size = cache_size
         self._best: dict[str, tuple[str | None, chess.engine.Score]] = {}  # FEN -> (best move, its evaluation)
         self._evals: dict[tuple[str, str], chess.engine.Score] = {}  # (FEN, move) -> evaluation after the move
-        self._engine: chess.engine.SimpleEngine | None = None
-        self._finalizer: weakref.finalize | None = None
-        self._lock = threading.Lock()  # one search at a time on the one engine
+        self._process = EngineProcess(self.path, timeout=timeout, hash_mb=hash_mb)
 
     # ---- RewardModel ----------------------------------------------------------------
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
@@ -129,21 +126,17 @@ class StockfishCritic:
 
     def close(self) -> None:
         """End the engine process now (a later score starts a new one)."""
-        with self._lock:
-            if self._finalizer is not None:
-                self._finalizer()  # runs close_engine once and detaches
-            self._engine = self._finalizer = None
+        self._process.close()
 
     @property
     def engine_name(self) -> str:
         """The engine's own name and version (e.g. ``Stockfish 15.1``); starts the engine if needed."""
-        with self._lock:
-            return str(self._running_engine().id.get("name", self.path))
+        return str(self._process.run(lambda engine: engine.id.get("name", self.path), "to start"))
 
     @property
     def pid(self) -> int | None:
         """Process id of the running engine, or None when none runs."""
-        return None if self._engine is None else self._engine.transport.get_pid()
+        return self._process.pid
 
     def __getstate__(self) -> dict[str, Any]:
         """Refuse to be pickled: the engine process and its lock belong to this process."""
@@ -176,35 +169,7 @@ class StockfishCritic:
         return self._evals[key]
 
     def _analyse(self, fen: str, root_moves: list[chess.Move] | None = None) -> chess.engine.InfoDict:
-        with self._lock:
-            engine = self._running_engine()
-            try:
-                # A fresh `game` object makes python-chess send ucinewgame: a cleared hash,
-                # hence the same result for the same search (tested in test_chess.py).
-                info = engine.analyse(
-                    chess.Board(fen),
-                    self.limit,
-                    root_moves=root_moves,
-                    game=object(),
-                    info=chess.engine.INFO_SCORE | chess.engine.INFO_PV,
-                )
-            except (asyncio.TimeoutError, TimeoutError, chess.engine.EngineError) as e:
-                self._finalizer()  # a stuck or dead engine is replaced at the next call
-                self._engine = self._finalizer = None
-                raise RuntimeError(
-                    f"Stockfish ({self.path}) failed on {fen!r} with limit {self.limit} "
-                    f"within timeout={self.timeout}s: {e!r}. Lower depth/time_limit or raise timeout."
-                ) from e
-        if "score" not in info:
-            raise RuntimeError(f"Stockfish returned no score for {fen!r}: {info!r}.")
-        return info
-
-    def _running_engine(self) -> chess.engine.SimpleEngine:
-        if self._engine is None:
-            self._engine = open_engine(self.path, timeout=self.timeout, hash_mb=self.hash_mb)
-            # The finalizer holds the engine, not self, so the critic can be collected.
-            self._finalizer = weakref.finalize(self, close_engine, self._engine)
-        return self._engine
+        return analyse_position(self._process, chess.Board(fen), self.limit, root_moves=root_moves)
 
     def _remember(self, cache: dict[Any, Any], key: Any, value: Any) -> None:
         if len(cache) >= self.cache_size:

@@ -1,7 +1,9 @@
-"""The Stockfish engine: finding and starting it, closing it, and Lichess's evaluation formulas.
+"""The Stockfish engine: finding, running and closing it, searches, and Lichess's evaluation formulas.
 
-Scores are from the side to move. The win-probability logistic and the move-accuracy
-formula are Lichess's (lichess.org/page/accuracy).
+:class:`EngineProcess` is one owned engine process; :func:`analyse_position`, :func:`top_moves` and
+:func:`softmax_weights` give a position's evaluation, its best moves and a weak engine's pick.
+Scores are from the side to move. The win-probability logistic and the move-accuracy formula
+are Lichess's (lichess.org/page/accuracy).
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import math
 import os
 import shutil
 import threading
-from typing import Any
+import weakref
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import chess
 import chess.engine
@@ -24,10 +28,19 @@ STOCKFISH_ENV_VAR = "STOCKFISH_PATH"
 """Environment variable naming the Stockfish binary."""
 STOCKFISH_FALLBACK = "/usr/games/stockfish"
 """Where Debian's ``stockfish`` package puts the binary (``/usr/games`` is often not on PATH)."""
+T = TypeVar("T")
 
 
-def find_stockfish(stockfish_path: str | os.PathLike[str] | None = None) -> str:
-    """The Stockfish binary: ``stockfish_path``, else ``$STOCKFISH_PATH``, else on PATH, else Debian's path."""
+def find_stockfish(
+    stockfish_path: str | os.PathLike[str] | None = None,
+    needed_by: str = "the stockfish critic",
+    instead: str = "or use critic='learned', which needs no engine",
+) -> str:
+    """The Stockfish binary: ``stockfish_path``, else ``$STOCKFISH_PATH``, else on PATH, else Debian's path.
+
+    When none is found, the error names what needs the engine (``needed_by``), how to install it,
+    and the alternative (``instead``, if any).
+    """
     given = stockfish_path or os.environ.get(STOCKFISH_ENV_VAR)
     if given:
         where = "stockfish_path" if stockfish_path else f"${STOCKFISH_ENV_VAR}"
@@ -42,10 +55,10 @@ def find_stockfish(stockfish_path: str | os.PathLike[str] | None = None) -> str:
     path = shutil.which("stockfish") or shutil.which(STOCKFISH_FALLBACK)
     if path is None:
         raise FileNotFoundError(
-            f"the stockfish critic needs the Stockfish engine, which was not found on PATH or at "
+            f"{needed_by} needs the Stockfish engine, which was not found on PATH or at "
             f"{STOCKFISH_FALLBACK}. Install it with `apt-get install stockfish` (Debian/Ubuntu) or "
-            "`brew install stockfish` (macOS), or pass stockfish_path= (or set $STOCKFISH_PATH); "
-            "or use critic='learned', which needs no engine."
+            "`brew install stockfish` (macOS), or pass stockfish_path= (or set $STOCKFISH_PATH)"
+            f"{'; ' + instead if instead else ''}."
         )
     return path
 
@@ -88,6 +101,83 @@ def close_engine(engine: chess.engine.SimpleEngine) -> None:
         pass  # already dead or stuck: close() below kills the transport either way
     finally:
         engine.close()
+
+
+class EngineProcess:
+    """One engine process for one owner: started at the first call, reused, one call at a time, with a timeout.
+
+    ``close()`` ends it, and so do garbage collection of this object and interpreter exit (the
+    finalizer holds the engine, not this object); a later call starts a new one. A call that
+    times out or finds the engine dead ends it too and raises RuntimeError. The Stockfish critic
+    and ChessGame-v0's opponent each own one.
+    """
+
+    def __init__(self, path: str, timeout: float = 10.0, hash_mb: int = 16) -> None:
+        self.path = path
+        self.timeout = timeout
+        self.hash_mb = hash_mb
+        self._engine: chess.engine.SimpleEngine | None = None
+        self._finalizer: weakref.finalize | None = None
+        self._lock = threading.Lock()  # one call at a time on the one engine
+
+    def run(self, call: Callable[[chess.engine.SimpleEngine], T], what: str) -> T:
+        """``call(engine)`` on the running engine; ``what`` (e.g. "on FEN with limit L") names it in errors."""
+        with self._lock:
+            if self._engine is None:
+                self._engine = open_engine(self.path, timeout=self.timeout, hash_mb=self.hash_mb)
+                self._finalizer = weakref.finalize(self, close_engine, self._engine)
+            try:
+                return call(self._engine)
+            except (asyncio.TimeoutError, TimeoutError, chess.engine.EngineError) as e:
+                self._end()  # a stuck or dead engine is replaced at the next call
+                raise RuntimeError(
+                    f"Stockfish ({self.path}) failed {what} within timeout={self.timeout}s: {e!r}. "
+                    "Lower depth/time_limit or raise timeout."
+                ) from e
+
+    def close(self) -> None:
+        """End the engine process now (idempotent; a later call starts a new one)."""
+        with self._lock:
+            self._end()
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the running engine, or None when none runs."""
+        return None if self._engine is None else self._engine.transport.get_pid()
+
+    def _end(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer()  # runs close_engine once and detaches
+        self._engine = self._finalizer = None
+
+
+def analyse_position(
+    process: EngineProcess,
+    board: chess.Board,
+    limit: chess.engine.Limit,
+    root_moves: list[chess.Move] | None = None,
+    options: dict[str, Any] | None = None,
+) -> chess.engine.InfoDict:
+    """The engine's search of ``board`` at ``limit``: its ``score`` (side to move) and ``pv``.
+
+    Every search starts from a cleared hash (a fresh ``game`` object makes python-chess send
+    ``ucinewgame``), so the same search gives the same result (tested in test_chess.py).
+    ``options`` are UCI options for this search only (e.g. ``{"Skill Level": 20}``).
+    """
+    info = process.run(
+        lambda engine: engine.analyse(
+            board,
+            limit,
+            root_moves=root_moves,
+            game=object(),
+            info=chess.engine.INFO_SCORE | chess.engine.INFO_PV,
+            options=options or {},
+        ),
+        f"on {board.fen()!r} with limit {limit}",
+    )
+    if "score" not in info:
+        raise RuntimeError(f"Stockfish returned no score for {board.fen()!r}: {info!r}.")
+    return info
 
 
 def win_probability(score: chess.engine.Score) -> float:
@@ -134,3 +224,14 @@ def top_moves(
         info=chess.engine.INFO_SCORE | chess.engine.INFO_PV,
     )
     return [(i["score"].relative.score(mate_score=mate_score), i["pv"][0]) for i in infos if i.get("pv")]
+
+
+def softmax_weights(scored: list[tuple[int, chess.Move]], temperature_cp: float) -> list[float]:
+    """How a weak engine weighs the moves of :func:`top_moves`: ``exp((cp - best) / temperature_cp)``.
+
+    Sampling a move with these weights (probability ``softmax(cp / temperature_cp)``) is the weak
+    engine the default chess policy imitates (rlhf_gym/build/chess_policy.py) and ChessGame-v0's
+    default opponent; a higher temperature plays weaker.
+    """
+    top = max(cp for cp, _ in scored)
+    return [math.exp((cp - top) / temperature_cp) for cp, _ in scored]

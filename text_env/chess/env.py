@@ -15,6 +15,7 @@ from text_env.chess.positions import CHESS_POLICY, load_positions
 from text_env.env import TextGenerationEnv
 from text_env.factory import prepare_worker
 from text_env.task import Task
+from text_env.turns import TurnRule
 from text_env.vector_env import TextGenerationVectorEnv
 
 
@@ -22,11 +23,16 @@ def chess_task(
     critic: str | RewardModel = "learned",
     mask_illegal: bool = True,
     positions: Sequence[str] | str | os.PathLike[str] | None = None,
+    turn_rule: TurnRule | None = None,
+    max_turns: int = 8,
     **critic_options: Any,
 ) -> Task:
     """The chess-move task: FEN prompts, UCI responses, a move critic, legal-move masks.
 
-    ``critic_options`` go to the critic (e.g. ``depth=6``, ``stockfish_path=...``).
+    ``critic_options`` go to the critic (e.g. ``depth=6``, ``stockfish_path=...``). With a
+    ``turn_rule`` (ChessGame-v0's opponent, :mod:`text_env.chess.game`) an episode is up to
+    ``max_turns`` moves, and after each reply the agent sees the new position's FEN alone as a
+    fresh prompt (``next_observation="state"``), so every move is written for a FEN as here.
     """
     prepare_worker()
     tokenizer = chess_tokenizer()
@@ -41,6 +47,9 @@ def chess_task(
         action_mask=LegalMoveMask(tokenizer) if mask_illegal else None,
         enforce_action_mask=False,  # an off-mask move is just illegal: the critic prices it (check_env passes)
         info_fn=move_info,
+        turn_rule=turn_rule,
+        max_turns=max_turns,
+        next_observation="state",
         default_policy=str(CHESS_POLICY),
         name="chess",
     )

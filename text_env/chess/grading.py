@@ -1,11 +1,13 @@
-"""Grade chess policies with Stockfish: centipawn loss, illegal moves, and a critic's agreement with the engine.
+"""Grade chess policies with Stockfish: centipawn loss, illegal moves, game results, a critic's agreement.
 
 :func:`play_moves` gets one move per position from any agent with SB3's ``predict``
-surface (``agents.PPOKL``, ``agents.BestOfN``, sb3-contrib's ``MaskablePPO``), through
-``ChessMoveCritic-v0`` itself; :func:`grade_moves` grades the moves with
-:meth:`~text_env.chess.StockfishCritic.centipawn_loss`; :func:`critic_agreement` measures
-how often a critic (the shipped learned one) orders move pairs as Stockfish does.
-``examples/ppo_kl_chess.py`` puts them together on the held-out positions.
+surface (``agents.PPOKL``, ``agents.BestOfN``, sb3-contrib's ``MaskablePPO``) or a function
+``policy(obs, action_mask) -> action``, through ``ChessMoveCritic-v0`` itself; :func:`grade_moves`
+grades the moves with :meth:`~text_env.chess.StockfishCritic.centipawn_loss`. :func:`play_games`
+plays one ``ChessGame-v0`` game per starting position against the weak engine and
+:func:`grade_games` grades every agent move the same way and counts the results.
+:func:`critic_agreement` measures how often a critic (the shipped learned one) orders move
+pairs as Stockfish does. ``examples/ppo_kl_chess.py`` puts them together on the held-out positions.
 """
 
 from __future__ import annotations
@@ -17,13 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from reward_models import FunctionRewardModel, RewardModel
-from text_env.chess.critics import StockfishCritic
+from reward_models import RewardModel
+from text_env.chess.critics import UNSCORED, StockfishCritic
 from text_env.chess.env import make_chess_env
+from text_env.chess.game import ADJUDICATED, DRAW, LOSS, WIN, make_chess_game_env
 from text_env.chess.moves import is_legal_move, legal_moves
-
-UNSCORED = FunctionRewardModel(lambda fen, move: 0.0, name="unscored")
-"""The critic of the env :func:`play_moves` plays in: moves are graded afterwards, not there."""
 
 
 @dataclass(frozen=True)
@@ -43,26 +43,36 @@ class MoveGrades:
     """Moves graded."""
 
 
-def play_moves(agent: Any, fens: Sequence[str], mask_illegal: bool = True, deterministic: bool = False) -> list[str]:
-    """The move ``agent`` writes in each position: one ``ChessMoveCritic-v0`` episode per FEN.
+def play_episode(
+    env: Any, agent: Any, fen: str, mask_illegal: bool = True, deterministic: bool = False, seed: int | None = None
+) -> dict:
+    """One episode of a chess env from ``fen``, played by ``agent``; returns the final ``info``.
+
+    ``seed`` seeds the env's RNG at the reset (ChessGame-v0's opponent samples its moves from it).
 
     Each step calls ``agent.predict(obs, state, episode_start, deterministic, action_masks=...)``
-    (the signature of ``agents`` and sb3-contrib's ``MaskablePPO``), with the env's legal-move
-    masks when ``mask_illegal`` and ``None`` otherwise, when the agent may write illegal moves.
+    (the signature of ``agents`` and sb3-contrib's ``MaskablePPO``), or, for an agent without
+    ``predict``, ``agent(obs, action_mask)``; with the env's legal-move masks when ``mask_illegal``
+    and ``None`` otherwise, when the agent may write illegal moves.
     """
-    env = make_chess_env(critic=UNSCORED, mask_illegal=mask_illegal, positions=fens)
-    moves = []
-    for fen in fens:
-        obs, _ = env.reset(options={"prompt": fen})
-        state: Any = None
-        start, terminated, info = True, False, {}
-        while not terminated:
-            masks = env.action_masks() if mask_illegal else None
+    obs, _ = env.reset(seed=seed, options={"prompt": fen})
+    state: Any = None
+    start, terminated, info = True, False, {}
+    while not terminated:
+        masks = env.action_masks() if mask_illegal else None
+        if hasattr(agent, "predict"):
             action, state = agent.predict(obs, state, np.array([start]), deterministic, action_masks=masks)
-            obs, _, terminated, _, info = env.step(int(action))
-            start = False
-        moves.append(info["response"])
-    return moves
+        else:
+            action = agent(obs, masks)
+        obs, _, terminated, _, info = env.step(int(action))
+        start = False
+    return info
+
+
+def play_moves(agent: Any, fens: Sequence[str], mask_illegal: bool = True, deterministic: bool = False) -> list[str]:
+    """The move ``agent`` writes in each position: one ``ChessMoveCritic-v0`` episode per FEN (:func:`play_episode`)."""
+    env = make_chess_env(critic=UNSCORED, mask_illegal=mask_illegal, positions=fens)
+    return [play_episode(env, agent, fen, mask_illegal, deterministic)["response"] for fen in fens]
 
 
 def illegal_rate(fens: Sequence[str], moves: Sequence[str]) -> float:
@@ -82,6 +92,68 @@ def grade_moves(grader: StockfishCritic, fens: Sequence[str], moves: Sequence[st
         illegal_rate=rate,
         mean_score=float(grader.score(fens, moves).mean()),
         moves=len(moves),
+    )
+
+
+@dataclass(frozen=True)
+class GameGrades:
+    """Stockfish's verdict on ``ChessGame-v0`` games: every agent move, and the results."""
+
+    moves: MoveGrades
+    """The agent's moves of all games, graded as :func:`grade_moves` grades one move per position."""
+    games: int
+    """Games played."""
+    wins: int
+    """Games the agent won: checkmate, or adjudicated at the turn limit (Stockfish's evaluation for
+    the agent at least ``adjudicate_cp``)."""
+    draws: int
+    """Drawn games: stalemate, insufficient material, repetition, the 50-move rule, or adjudicated."""
+    losses: int
+    """Games the agent lost: checkmated, forfeited by an illegal move, or adjudicated."""
+    adjudicated: int
+    """Games that reached the turn limit, their result judged by Stockfish's evaluation."""
+    mean_result: float
+    """Mean result for the agent, win +1, draw 0, loss -1."""
+    mean_final_cp: float
+    """Mean evaluation for the agent at the end (+-1000 for a decided game, 0 for a draw)."""
+
+
+def play_games(
+    agent: Any,
+    fens: Sequence[str],
+    mask_illegal: bool = True,
+    deterministic: bool = False,
+    seed: int = 0,
+    **game_options: Any,
+) -> list[dict]:
+    """The final ``info`` of one ``ChessGame-v0`` game per starting FEN, played by ``agent`` (:func:`play_episode`).
+
+    Game ``i`` is seeded with ``seed + i``, so every agent meets the same opponent choices in the same
+    positions. ``game_options`` set the game (``max_turns``, ``opponent_depth``, ``temperature_cp``,
+    ``adjudicate_cp``, ``stockfish_path``...); moves are not scored in the env (they are graded afterwards).
+    """
+    env = make_chess_game_env(critic=None, mask_illegal=mask_illegal, positions=fens, **game_options)
+    try:
+        return [play_episode(env, agent, fen, mask_illegal, deterministic, seed + i) for i, fen in enumerate(fens)]
+    finally:
+        env.close()
+
+
+def grade_games(grader: StockfishCritic, games: Sequence[dict]) -> GameGrades:
+    """Centipawn loss of every agent move of ``games`` (final infos of :func:`play_games`) and the results."""
+    if not games:
+        raise ValueError("grade_games got no games; play at least one with play_games.")
+    positions = [fen for game in games for fen in game["positions"]]
+    results = [game["result"] for game in games]
+    return GameGrades(
+        moves=grade_moves(grader, positions, [move for game in games for move in game["agent_moves"]]),
+        games=len(games),
+        wins=results.count(WIN),
+        draws=results.count(DRAW),
+        losses=results.count(LOSS),
+        adjudicated=sum(game["result_reason"] == ADJUDICATED for game in games),
+        mean_result=float(np.mean(results)),
+        mean_final_cp=float(np.mean([game["final_cp"] for game in games])),
     )
 
 
