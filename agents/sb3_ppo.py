@@ -53,6 +53,18 @@ except ImportError as e:  # pragma: no cover - depends on the install
 
 __all__ = ["SB3PPO", "SB3PPOConfig"]
 
+
+def _maskable() -> tuple[type, type]:
+    """sb3-contrib's MaskablePPO and our LM policy for it."""
+    try:
+        from sb3_contrib import MaskablePPO
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise ImportError(f"an env with action masks needs sb3-contrib's MaskablePPO ({e}); "
+                          "pip install 'rlhf-gym[sb3]'.") from e
+    from agents.sb3 import MaskableLMActorCriticPolicy
+
+    return MaskablePPO, MaskableLMActorCriticPolicy
+
 MODEL_FILE = "model.zip"
 """The SB3 model inside a checkpoint folder (``PPO.save``)."""
 
@@ -121,7 +133,7 @@ class SB3PPO:
         if policy is None:
             from text_env.defaults import default_policy_path
 
-            policy = default_policy_path()
+            policy = self.task.default_policy or default_policy_path()
         self.policy_path = str(policy)
         self.device = resolve_device("auto")
         cfg = self.config
@@ -130,9 +142,13 @@ class SB3PPO:
         # One frozen reference shared by the wrappers: read-only, each wrapper keeps its own KV cache.
         self.venv = make_vec_env(lambda: KLRewardWrapper(gym.make("RLHFText-v0", task=self.task), reference, cfg.beta),
                                  n_envs=cfg.num_envs, seed=cfg.seed)
+        # A task with an action mask (chess) needs sb3-contrib's MaskablePPO: plain PPO would sample
+        # masked tokens, whose reference log-prob in the KL wrapper is -inf.
+        self.algorithm, policy_class = (_maskable() if self.task.action_mask is not None
+                                        else (PPO, LMActorCriticPolicy))
         with quiet_transformers():
-            self.model = PPO(
-                LMActorCriticPolicy, self.venv, policy_kwargs=lm_policy_kwargs(self.policy_path),
+            self.model = self.algorithm(
+                policy_class, self.venv, policy_kwargs=lm_policy_kwargs(self.policy_path),
                 learning_rate=cfg.learning_rate, n_steps=cfg.n_steps,
                 batch_size=cfg.num_envs * cfg.n_steps // cfg.num_mini_batches, n_epochs=cfg.num_ppo_epochs,
                 gamma=cfg.gamma, gae_lambda=cfg.lam, clip_range=cfg.cliprange, vf_coef=cfg.vf_coef,
@@ -211,7 +227,7 @@ class SB3PPO:
     def _restore(self, path: str | os.PathLike[str]) -> None:
         state, tensors = load_checkpoint(path)
         with quiet_transformers():
-            self.model = PPO.load(Path(path) / MODEL_FILE, env=self.venv, device=self.device)
+            self.model = self.algorithm.load(Path(path) / MODEL_FILE, env=self.venv, device=self.device)
         set_rng_state(tensors["rng"])
         self.num_episodes, self.train_seconds, self.rollouts = (state["num_episodes"], state["train_seconds"],
                                                                  state["rollouts"])

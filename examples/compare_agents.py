@@ -1,14 +1,17 @@
-"""Compare agents on RLHFText-v0: the same env, prompts, seed and token budget, then one table.
+"""Compare agents on one text env: the same env, prompts, seed and token budget, then one table.
 
-Run: .venv/bin/python examples/compare_agents.py                       # 8192 tokens each, about 2 minutes
+Run: .venv/bin/python examples/compare_agents.py                       # RLHFText-v0, 8192 tokens each, about 2 minutes
      .venv/bin/python examples/compare_agents.py --timesteps 256        # tiny budget, under a minute
+     .venv/bin/python examples/compare_agents.py --env Arithmetic-v0    # any registered text env id
 
-Random tokens and the SFT policy are the floor and the baseline; best-of-4 picks the
-reward model's favourite of 4 SFT samples (no training); RLOO and PPOKL train the policy
-against the reward model with a KL penalty (beta 0.05) to the SFT reference. The table
+Random tokens and the env's default (SFT) policy are the floor and the baseline; best-of-4
+picks the reward model's favourite of 4 SFT samples (no training); RLOO and PPOKL train the
+policy against the reward model with a KL penalty (beta 0.05) to the SFT reference. The table
 averages each agent's last quarter of training batches: proxy (reward-model) score, gold
-score, KL to the reference per response (best-of-n: ln n - (n-1)/n) and speed.
-``rlhf-gym pipeline`` runs the full comparison with held-out evaluation and plots.
+score ("-" for an env without one), KL to the reference per response (best-of-n:
+ln n - (n-1)/n) and speed. ``rlhf-gym compare --env ID`` trains the registry's agents on any
+env id and grades them before and after on held-out episodes; ``rlhf-gym pipeline`` runs the
+full RLHFText-v0 comparison with plots.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import torch
 from agents import PPOKL, RLOO, BestOfN, BestOfNConfig, PPOKLConfig, RandomAgent, ReferenceAgent, RLOOConfig
 from agents.agent_config import AgentConfig
 from rlhf_common.training import set_torch_threads
-from text_env.defaults import default_task
+from rlhf_gym.compare import make_task
 
 
 def last_quarter(log_dir: str) -> dict[str, float]:
@@ -37,15 +40,21 @@ def last_quarter(log_dir: str) -> dict[str, float]:
     return {k: sum(float(r[k]) for r in tail) / len(tail) if tail[0].get(k) else math.nan for k in keys}
 
 
+def cell(value: float, spec: str) -> str:
+    """``value`` formatted by ``spec``, or "-" when the agent or env has none (NaN)."""
+    return "-" if math.isnan(value) else format(value, spec)
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", default="RLHFText-v0", help="registered text env id (default RLHFText-v0)")
     parser.add_argument("--timesteps", type=int, default=8192, help="generated tokens per agent (default 8192)")
     parser.add_argument("--batch-size", type=int, default=64, help="episodes per iteration (default 64)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
     set_torch_threads()  # 1 thread on a busy machine: contended threads are far slower
-    task = default_task()  # one env definition for all: prompts, tokenizer, reward model, gold scorer
+    task = make_task(args.env, {})  # one env definition for all: prompts, tokenizer, reward model, default policy
     results = {}
     with tempfile.TemporaryDirectory() as logs:
         def config(cls: type[AgentConfig], name: str, **kw: object) -> AgentConfig:
@@ -65,12 +74,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
             results[name] = last_quarter(agent.config.log_dir)
         results["SFT policy"]["kl"] = 0.0  # it is the reference
 
-    print(f"\n{args.timesteps} tokens per agent, seed {args.seed}; means over the last quarter of training batches\n")
+    print(f"\n{args.env}, {args.timesteps} tokens per agent, seed {args.seed}; "
+          "means over the last quarter of training batches\n")
     print("| agent | proxy score | gold score | KL (nats) | episodes / s |")
     print("|---|---|---|---|---|")
     for name, r in results.items():
-        kl = "-" if math.isnan(r["kl"]) else f"{r['kl']:.2f}"
-        print(f"| {name} | {r['score']:+.3f} | {r['gold_score']:+.3f} | {kl} | {r['episodes_per_second']:.1f} |")
+        print(f"| {name} | {r['score']:+.3f} | {cell(r['gold_score'], '+.3f')} | {cell(r['kl'], '.2f')} "
+              f"| {r['episodes_per_second']:.1f} |")
     return results
 
 

@@ -1,4 +1,4 @@
-"""stable-baselines3 PPO on RLHFText-v0: the LM policy adapter plus the KL reward wrapper.
+"""stable-baselines3 PPO on a text env: the LM policy adapter plus the KL reward wrapper.
 
 The objective is RLHF's ``E[score] - beta * KL(pi || pi_ref)``. ``KLRewardWrapper`` adds
 ``beta * log pi_ref(a|s)`` to every step's reward and ``KLPenaltyCallback`` subtracts
@@ -6,12 +6,14 @@ The objective is RLHF's ``E[score] - beta * KL(pi || pi_ref)``. ``KLRewardWrappe
 reward carries the exact per-token KL penalty, as in ``agents.PPOKL``. The generic
 route, an entropy bonus ``ent_coef=beta`` instead of the callback, has the same value in
 expectation but leaves the later tokens' ``-beta * log pi`` out of the returns; responses
-then shrink to a few tokens (``--entropy-bonus`` shows it). The policy starts from the
-embedded SFT policy (or ``--model PATH``); a frozen copy is the reference.
+then shrink to a few tokens (``--entropy-bonus`` shows it). The env is ``--env``, any
+registered text env id (default RLHFText-v0); the policy starts from the env's default
+policy (or ``--model PATH``), and a frozen copy is the reference.
 
 Run (2 CPU cores shared with other jobs; one torch thread avoids oversubscription):
     OMP_NUM_THREADS=1 .venv/bin/python examples/sb3_ppo.py                   # 4096 tokens, about 8 minutes
     OMP_NUM_THREADS=1 .venv/bin/python examples/sb3_ppo.py --timesteps 256   # smoke run, about 30 seconds
+    OMP_NUM_THREADS=1 .venv/bin/python examples/sb3_ppo.py --env Arithmetic-v0
 
 Each PPO rollout prints how many responses finished in it, their mean raw score and
 their KL to the reference (sum over tokens of log pi - log pi_ref, in nats). SB3
@@ -69,12 +71,23 @@ class ScoreAndKL(BaseCallback):
 
 def run(task: Task, policy: torch.nn.Module, timesteps: int, beta: float = 0.05, entropy_bonus: bool = False,
         num_envs: int = 4, n_steps: int = 64, learning_rate: float = 3e-5, seed: int = 0) -> list[tuple[float, float]]:
-    """PPO-train ``policy`` (in place) on ``task`` against a frozen copy; returns (score, KL) per rollout."""
+    """PPO-train ``policy`` (in place) on ``task`` against a frozen copy; returns (score, KL) per rollout.
+
+    A task with an action mask (chess) trains with sb3-contrib's MaskablePPO: the reference's log-probs are
+    normalized over the allowed tokens, so the policy must sample only those too.
+    """
     reference = copy.deepcopy(policy)  # shared by the sub-envs' wrappers: read-only, each keeps its own cache
     venv = make_vec_env(lambda: KLRewardWrapper(gym.make("RLHFText-v0", task=task), reference, beta),
                         n_envs=num_envs, seed=seed)
-    model = PPO(
-        LMActorCriticPolicy, venv, policy_kwargs=lm_policy_kwargs(policy),
+    algorithm, policy_class = PPO, LMActorCriticPolicy
+    if task.action_mask is not None:
+        from sb3_contrib import MaskablePPO
+
+        from agents.sb3 import MaskableLMActorCriticPolicy
+
+        algorithm, policy_class = MaskablePPO, MaskableLMActorCriticPolicy
+    model = algorithm(
+        policy_class, venv, policy_kwargs=lm_policy_kwargs(policy),
         learning_rate=learning_rate, n_steps=n_steps, batch_size=n_steps * num_envs // 4, n_epochs=4,
         gamma=1.0, gae_lambda=0.95, clip_range=0.2, vf_coef=0.1, max_grad_norm=1.0,
         ent_coef=beta if entropy_bonus else 0.0,
@@ -87,6 +100,7 @@ def run(task: Task, policy: torch.nn.Module, timesteps: int, beta: float = 0.05,
 
 def main(argv: Sequence[str] | None = None) -> list[tuple[float, float]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", default="RLHFText-v0", help="registered text env id (default RLHFText-v0)")
     parser.add_argument("--timesteps", type=int, default=4096, help="generated tokens to train on (default 4096)")
     parser.add_argument("--beta", type=float, default=0.05, help="KL coefficient (default 0.05)")
     parser.add_argument("--entropy-bonus", action="store_true",
@@ -94,17 +108,17 @@ def main(argv: Sequence[str] | None = None) -> list[tuple[float, float]]:
     parser.add_argument("--num-envs", type=int, default=4, help="parallel episodes (default 4)")
     parser.add_argument("--n-steps", type=int, default=64, help="tokens per sub-env per PPO rollout (default 64)")
     parser.add_argument("--learning-rate", type=float, default=3e-5, help="Adam learning rate (default 3e-5)")
-    parser.add_argument("--model", default=None,
-                        help="a Hugging Face causal LM folder; the env then uses its tokenizer (default: embedded)")
+    parser.add_argument("--model", default=None, help="a Hugging Face causal LM folder to start from (default: the "
+                        "env's default policy); on RLHFText-v0 the env then uses its tokenizer, other envs keep theirs")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    from agents.lm import load_causal_lm
-    from text_env.defaults import default_policy_path, default_task
+    from agents.models import load_model
+    from rlhf_gym.compare import make_task
 
     torch.manual_seed(args.seed)
-    task = default_task(model=args.model)
-    policy = load_causal_lm(args.model or default_policy_path(), device="cpu")
+    task = make_task(args.env, {"model": args.model} if args.model and args.env == "RLHFText-v0" else {})
+    policy = load_model(args.model, torch.device("cpu"), task)  # None: the task's default policy
     history = run(task, policy, args.timesteps, beta=args.beta, entropy_bonus=args.entropy_bonus,
                   num_envs=args.num_envs, n_steps=args.n_steps, learning_rate=args.learning_rate, seed=args.seed)
     if history:

@@ -35,10 +35,10 @@ from agents.rollout import make_rollout_env, rollout
 from agents.scoring import response_logprobs
 from rlhf_common.config_cli import config_command
 from rlhf_common.io import write_json_atomic
-from rlhf_common.training import set_torch_threads
+from rlhf_common.training import has_checkpoint, set_torch_threads
 from text_env import Task
 
-__all__ = ["CompareConfig", "compare", "grade"]
+__all__ = ["CompareConfig", "compare", "grade", "make_task"]
 
 
 @dataclass
@@ -92,6 +92,9 @@ class CompareConfig:
                 raise ValueError(f"--{name.replace('_', '-')}={getattr(self, name)} must be >= 1.")
         for name in self.agent_names:
             get_agent(name)
+        if self.env not in gym.registry:
+            text_ids = ", ".join(k for k, spec in gym.registry.items() if str(spec.entry_point).startswith("text_env"))
+            raise ValueError(f"--env {self.env!r} is not a registered env id; registered text envs: {text_ids}.")
 
     @property
     def agent_names(self) -> list[str]:
@@ -101,7 +104,11 @@ class CompareConfig:
 
 def make_task(env_id: str, options: dict[str, Any]) -> Task:
     """The Task behind ``gym.make(env_id, **options)``: what agents and grading share."""
-    env = gym.make(env_id, **options)
+    try:
+        env = gym.make(env_id, **options)
+    except TypeError as e:
+        raise ValueError(f"gym.make({env_id!r}, **{options!r}) failed: {e}; check --env-kwargs / "
+                         "--eval-env-kwargs against the env's documented options.") from None
     task = getattr(env.unwrapped, "task", None)
     if not isinstance(task, Task):
         raise ValueError(f"--env {env_id!r} is not a text env (no Task); use an id such as 'RLHFText-v0'.")
@@ -155,7 +162,7 @@ def compare(config: CompareConfig) -> list[dict[str, Any]]:
                   "num_generations": config.num_generations, "log_dir": str(out / name)}
         agent = spec.cls(train_task, config.policy, build_config(spec, common, overrides))
         began = time.perf_counter()
-        agent.learn(budget, resume=True, progress_bar=config.progress)
+        agent.learn(budget, resume=has_checkpoint(agent.checkpoint_dir), progress_bar=config.progress)
         row = grade(agent.policy, start, eval_task, config.eval_episodes, grading_seed)
         results.append({"agent": spec.label, "timesteps": agent.num_timesteps,
                         "train_seconds": round(agent.train_seconds or time.perf_counter() - began, 1), **row})

@@ -28,10 +28,11 @@ def test_quickstart_plays_whole_episodes(flags, capsys, default_assets):
 
     finals = quickstart.main(["--episodes", "2", *flags])
     out = capsys.readouterr().out
-    assert len(finals) == 2 and out.count("reward ") == 2
+    assert len(finals) == 2 and out.count("return ") == 2
     for info in finals:
         assert info["end_reason"] in ("eos", "stop_string", "max_new_tokens")
-        assert math.isfinite(info["reward"]) and math.isfinite(info["gold_score"])
+        assert math.isfinite(info["return"]) and math.isfinite(info["gold_score"])
+        assert info["return"] == info["score"]  # one response per episode: the return is its score
         assert repr(info["response"]) in out
 
 
