@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "chess-positions": ("rlhf_gym.build.chess_positions:cli", "rebuild the chess position sets"),
     "chess-critic": ("rlhf_gym.build.chess_critic:cli", "label moves with Stockfish, train the learned chess critic"),
     "chess-policy": ("rlhf_gym.build.chess_policy:cli", "rebuild the default chess policy (SFT on weak-engine moves)"),
+    "arithmetic-policy": ("rlhf_gym.build.arithmetic_policy:cli", "rebuild the default Arithmetic-v0 policy (SFT "
+                          "on generated problems)"),
     "label": ("reward_models.labeling.cli:cli", "label responses in the browser; export; agreement"),
     "simulate-labels": ("reward_models.simulated:cli", "rank sampled responses with a simulated labeler"),
     "train-rm": ("reward_models.train:cli", "train a Bradley-Terry reward model on preference JSONL"),

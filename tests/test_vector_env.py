@@ -6,8 +6,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from conftest import make_task
-from rl_helpers import turns_task
 from gymnasium.vector import AutoresetMode
+from rl_helpers import turns_task
 
 from text_env import TextGenerationVectorEnv
 

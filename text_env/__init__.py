@@ -39,3 +39,10 @@ if "ChessGame-v0" not in gym.registry:
         entry_point="text_env.chess:make_chess_game_env",
         vector_entry_point="text_env.chess:make_chess_game_vector_env",
     )
+
+if "Arithmetic-v0" not in gym.registry:
+    gym.register(
+        id="Arithmetic-v0",
+        entry_point="text_env.arithmetic:make_arithmetic_env",
+        vector_entry_point="text_env.arithmetic:make_arithmetic_vector_env",
+    )
