@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "chess-positions": ("rlhf_gym.build.chess_positions:cli", "rebuild the chess position sets"),
     "chess-critic": ("rlhf_gym.build.chess_critic:cli", "label moves with Stockfish, train the learned chess critic"),
     "chess-policy": ("rlhf_gym.build.chess_policy:cli", "rebuild the default chess policy (SFT on weak-engine moves)"),
+    "guess-number-policy": ("rlhf_gym.build.guess_number_policy:cli",
+                            "rebuild the default GuessNumber-v0 policy (SFT on a sloppy bisector's games)"),
     "arithmetic-policy": ("rlhf_gym.build.arithmetic_policy:cli", "rebuild the default Arithmetic-v0 policy (SFT "
                           "on generated problems)"),
     "label": ("reward_models.labeling.cli:cli", "label responses in the browser; export; agreement"),

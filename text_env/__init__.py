@@ -46,3 +46,10 @@ if "Arithmetic-v0" not in gym.registry:
         entry_point="text_env.arithmetic:make_arithmetic_env",
         vector_entry_point="text_env.arithmetic:make_arithmetic_vector_env",
     )
+
+if "GuessNumber-v0" not in gym.registry:
+    gym.register(
+        id="GuessNumber-v0",
+        entry_point="text_env.guess_number:make_guess_number_env",
+        vector_entry_point="text_env.guess_number:make_guess_number_vector_env",
+    )
