@@ -35,6 +35,7 @@ from agents.sft import SFTConfig, train_sft
 from rlhf_common.config_cli import config_command
 from rlhf_common.io import portable_config, save_dir_atomic, write_json_atomic, write_jsonl_atomic
 from rlhf_common.training import progress_bar
+from rlhf_gym.build.tiny_lm import init_tiny_lm
 from text_env.chess import (
     CHESS_POLICY,
     EVAL_POSITIONS,
@@ -156,23 +157,9 @@ def write_policy_inputs(config: PolicyBuildConfig) -> dict[str, Path]:
 
 def init_policy(folder: Path, config: PolicyBuildConfig) -> None:
     """Save a freshly initialised (seeded) GPT-2-shaped causal LM and the chess tokenizer to ``folder``."""
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    tokenizer = chess_tokenizer()
-    torch.manual_seed(config.seed)
-    model = GPT2LMHeadModel(GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=MAX_FEN_TOKENS + MAX_MOVE_CHARS + 27,  # the env's window (101) plus EOS, rounded to 128
-        n_embd=config.n_embd,
-        n_layer=config.n_layer,
-        n_head=config.n_head,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    ))
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    # n_positions: the env's window (101) plus EOS, rounded to 128.
+    init_tiny_lm(folder, chess_tokenizer(), n_positions=MAX_FEN_TOKENS + MAX_MOVE_CHARS + 27, n_embd=config.n_embd,
+                 n_layer=config.n_layer, n_head=config.n_head, seed=config.seed)
 
 
 def baseline_scores(
