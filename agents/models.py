@@ -58,6 +58,17 @@ def load_model(model: PolicyArg, device: torch.device, task: Any = None) -> Any:
         return load_causal_lm(model, device=device)
 
 
+def _check_default_fits(policy: Any, task: Any) -> None:
+    """Refuse RLHFText-v0's embedded policy for a task with another vocabulary (it would write nonsense)."""
+    vocab = policy.get_output_embeddings().out_features
+    if vocab != task.vocab_size:
+        raise ValueError(
+            f"no policy given and task {task.name!r} names no default_policy, so the embedded RLHFText-v0 policy "
+            f"({vocab} tokens) was loaded, but the task's tokenizer has {task.vocab_size}; pass policy=FOLDER "
+            "(a causal LM over the task's tokenizer) or set Task(default_policy=FOLDER)."
+        )
+
+
 def _check_fits(policy: Any, task: Any, lora: LoraSettings | None) -> None:
     """Refuse a policy whose vocabulary or context is too small for ``task``, or a peft model without ``lora``."""
     vocab = policy.get_output_embeddings().out_features
@@ -102,6 +113,8 @@ def build_models(
     model = None
     if needs_policy:
         model = load_model(policy, device, task)
+        if policy is None and not getattr(task, "default_policy", None):
+            _check_default_fits(model, task)
         _check_fits(model, task, lora)
     anchor = None
     if needs_reference and (lora is None or reference is not None):

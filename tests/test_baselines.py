@@ -118,3 +118,9 @@ def test_reference_agent_samples_the_policy(tmp_path):
     agent.save(tmp_path / "saved")
     loaded = ReferenceAgent.load(tmp_path / "saved", task)
     assert all(torch.equal(a, b) for a, b in zip(policy.parameters(), loaded.policy.parameters(), strict=True))
+
+
+def test_no_policy_for_a_task_without_a_default_is_refused(tmp_path):
+    """The embedded RLHFText-v0 policy over another tokenizer would write nonsense: a clear error instead."""
+    with pytest.raises(ValueError, match="names no default_policy"):
+        ReferenceAgent(count_task(), None, AgentConfig(log_dir=str(tmp_path), save_steps=0))
