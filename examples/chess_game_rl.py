@@ -4,7 +4,7 @@ Run: .venv/bin/python examples/chess_game_rl.py                  # trains, then 
      .venv/bin/python examples/chess_game_rl.py --timesteps 2048  # a quick look
 
 Step 1 trains PPOKL, RLOO and GRPO on ChessGame-v0 (games of ``--max-turns`` agent moves against
-the weak engine, the learned critic's score per move plus the result) through
+the weak engine, the ``--critic``'s score per move plus the result) through
 ``rlhf-gym compare``, which also reports each policy's return on held-out positions. Step 2 plays
 one game per held-out starting position with the starting policy and each trained one (the same
 opponent choices for every policy: game ``i`` is seeded ``i``) and grades them with Stockfish:
@@ -34,11 +34,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser.add_argument("--max-turns", type=int, default=4, help="agent moves per game (default 4)")
     parser.add_argument("--positions", type=int, default=50, help="held-out starting positions graded (default 50)")
     parser.add_argument("--depth", type=int, default=8, help="Stockfish grading depth (default 8)")
+    parser.add_argument("--critic", default="learned", help="reward per move: learned (default) or stockfish")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
     set_torch_threads()
-    options = {"max_turns": args.max_turns}
+    options = {"max_turns": args.max_turns, "critic": args.critic}
     held_out = {**options, "positions": str(EVAL_POSITIONS)}
     compare(CompareConfig(out=args.out, env="ChessGame-v0", env_kwargs=json.dumps(options),
                           eval_env_kwargs=json.dumps(held_out), agents=args.agents, timesteps=args.timesteps,
@@ -62,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         grader.close()
         task.close()
     lines = [f"ChessGame-v0, {len(fens)} held-out positions, {args.max_turns} agent moves, Stockfish depth "
-             f"{args.depth}, seed {args.seed}, {args.timesteps} training tokens per agent", "",
+             f"{args.depth}, seed {args.seed}, {args.timesteps} training tokens per agent, {args.critic} critic", "",
              "| policy | mean centipawn loss | moves | wins / draws / losses | mean result | mean final cp |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {r['policy']} | {r['cp_loss']:.0f} ± {r['sem']:.0f} | {r['moves']} | "
