@@ -183,3 +183,21 @@ def test_predict_plays_whole_multi_turn_episodes_through_the_gym_loop(tmp_path):
             obs, _, done, _, info = env.step(int(action))
             start = False
         assert 1 <= info["turns"] <= 3
+
+
+def test_closing_a_task_whose_turn_rule_is_a_game_class_with_close():
+    """A Game class given as the rule has an unbound close(); Task.close must not call it."""
+
+    class Closing:
+        def __init__(self, prompt, rng):
+            pass
+
+        def reply(self, response):
+            return Reply(None)
+
+        def close(self):
+            raise AssertionError("a game instance's close is not the task's business")
+
+    env = TextGenerationEnv(turns_task(turn_rule=Closing))
+    env.reset(seed=0)
+    env.close()

@@ -279,6 +279,8 @@ class Task:
     def close(self) -> None:
         """Release what the reward model, gold scorer and turn rule hold (e.g. a chess engine process)."""
         for model in (self.reward_model, self.gold_scorer, self.turn_rule):
+            if isinstance(model, type):  # a Game class as turn rule: nothing of its own to release
+                continue
             close = getattr(model, "close", None)
             if callable(close):
                 close()
