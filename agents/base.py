@@ -100,10 +100,15 @@ class Agent:
     def _check_distributed(self, info: DistInfo) -> DistInfo:
         """``info`` if this agent can run in its torchrun world (subclasses add their own conditions)."""
         workers = self.config.rollout_workers if isinstance(self.config, TrainConfig) else 0
-        check_data_parallel(info, type(self).__name__, self.supports_distributed, self.config.batch_size, workers)
+        check_data_parallel(info, type(self).__name__, self.supports_distributed, self.config.batch_size, workers,
+                            self._samples_per_prompt())
         return info
 
     # ---- hooks for subclasses --------------------------------------------------------
+    def _samples_per_prompt(self) -> int:
+        """Consecutive episodes of one prompt in a batch (``num_generations``): a rank generates whole groups."""
+        return int(getattr(self.config, "num_generations", 1))
+
     def _build(self, checkpoint: Path | None) -> None:
         """Create value heads, optimiser etc., fresh or from a checkpoint folder's extra files."""
 

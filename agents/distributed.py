@@ -15,14 +15,15 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from reward_models.hf import resolve_device
 
-__all__ = ["DistInfo", "all_gather_rows", "all_reduce", "broadcast_parameters", "check_data_parallel",
-           "init_distributed", "reduce_gradients", "reduce_metrics", "resolve_rank_device"]
+__all__ = ["DistInfo", "all_gather_objects", "all_gather_rows", "all_reduce", "broadcast_parameters",
+           "check_data_parallel", "init_distributed", "reduce_gradients", "reduce_metrics", "resolve_rank_device"]
 
 
 @dataclass(frozen=True)
@@ -53,14 +54,19 @@ def init_distributed() -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def check_data_parallel(info: DistInfo, name: str, supported: bool, batch_size: int, rollout_workers: int) -> None:
-    """Refuse a torchrun world the agent ``name`` cannot run in: no support, an uneven batch, or Ray workers too."""
+def check_data_parallel(info: DistInfo, name: str, supported: bool, batch_size: int, rollout_workers: int,
+                        group_size: int = 1) -> None:
+    """Refuse a torchrun world the agent ``name`` cannot run in: no support, an uneven batch, or Ray workers too.
+
+    ``group_size`` samples of one prompt (``num_generations``) must be generated on one rank.
+    """
     if info.world_size == 1:
         return
     if not supported:
         raise ValueError(
             f"{name} does not support torchrun data parallelism (WORLD_SIZE={info.world_size}); "
-            "run it in one process, or use PPOKL or RLOO."
+            "run it in one process, or use an agent that supports it (PPOKL, RLOO, GRPO, ReinforcePP, DPO, "
+            "OnlineDPO, VBoN)."
         )
     if batch_size % info.world_size:
         raise ValueError(
@@ -69,6 +75,10 @@ def check_data_parallel(info: DistInfo, name: str, supported: bool, batch_size: 
         )
     if rollout_workers:
         raise ValueError("rollout_workers > 0 (Ray) and torchrun data parallelism cannot be combined; pick one.")
+    share = batch_size // info.world_size
+    if share % group_size:
+        raise ValueError(f"{group_size} samples per prompt (num_generations) must divide each rank's {share} "
+                         "episodes (batch_size / WORLD_SIZE): a prompt's samples are generated on one rank.")
 
 
 def resolve_rank_device(device: str | torch.device, info: DistInfo) -> torch.device:
@@ -132,3 +142,12 @@ def all_gather_rows(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     parts = [torch.empty_like(tensor) for _ in range(info.world_size)]
     dist.all_gather(parts, tensor.contiguous())
     return torch.cat(parts)
+
+
+def all_gather_objects(items: list[Any], info: DistInfo) -> list[Any]:
+    """Every rank's list of picklable ``items`` concatenated in rank order (``items`` itself in one process)."""
+    if info.world_size == 1:
+        return items
+    parts: list[list[Any] | None] = [None] * info.world_size
+    dist.all_gather_object(parts, items)
+    return [item for part in parts for item in part or []]

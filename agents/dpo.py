@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from agents.command import agent_cli
+from agents.distributed import all_reduce, reduce_metrics
 from agents.dpo_loss import DPOLossConfig, PairBatch, PreferenceAgent
 from agents.models import PolicyArg
 from agents.scoring import SequenceBatch, response_logprobs
@@ -161,14 +162,16 @@ class DPO(PreferenceAgent):
     before any training), and after :meth:`load` or a resume at the next iteration (so a saved
     agent loads, and predicts, without its preference file). Iteration ``i`` takes positions
     ``[i * batch_size, (i + 1) * batch_size)`` of the endless sequence of seeded epoch permutations,
-    so a resumed run trains on exactly the pairs the killed one would have. Not data-parallel
-    (``supports_distributed`` False).
+    so a resumed run trains on exactly the pairs the killed one would have. Data-parallel under
+    torchrun: each rank takes an equal slice of the iteration's pairs (every rank reads the file and
+    scores the reference once), and N ranks take the 1-process step.
 
     Args: as :class:`agents.PPOKL`, with a :class:`DPOConfig`.
     """
 
     config_class = DPOConfig
     config: DPOConfig
+    supports_distributed = True
 
     def __init__(
         self, env: Any, policy: PolicyArg = None, config: DPOConfig | None = None, reference: PolicyArg = None
@@ -213,8 +216,10 @@ class DPO(PreferenceAgent):
             self.pairs = self._load_pairs()
         pairs = self.pairs
 
-        # 2. This iteration's batch_size pairs, from the seeded stream of shuffled epochs.
-        index = self._pair_index(len(pairs))
+        # 2. This iteration's batch_size pairs, from the seeded stream of shuffled epochs (under torchrun:
+        # this rank's equal slice of them).
+        share = cfg.batch_size // self.dist.world_size
+        index = self._pair_index(len(pairs))[self.dist.rank * share:(self.dist.rank + 1) * share]
         sequences, chosen, rejected = pairs.batch(index)
 
         # 3. One step on the mean DPO/IPO loss: policy log-probs in packed passes, the stored reference's.
@@ -226,7 +231,8 @@ class DPO(PreferenceAgent):
         metrics.update(epoch=(self.iteration + 1) * cfg.batch_size / len(pairs),
                        response_length=tokens / (2 * len(index)),
                        **{k: float(v) for k, v in pairs.counts.items()})
-        return metrics, tokens
+        metrics = reduce_metrics(metrics, self.dist, self.device)
+        return metrics, int(all_reduce(torch.tensor(tokens, device=self.device), self.dist))  # global timesteps
 
 
 def cli(argv: Sequence[str] | None = None) -> int:

@@ -4,6 +4,8 @@ DPO (Rafailov et al. 2023, eq. 7) and IPO (Azar et al. 2023, eq. 17) both score 
 log-ratios ``log pi(y|x) - log pi_ref(y|x)`` of its chosen and rejected response, summed
 over the response tokens; the losses are those of TRL 1.16's ``DPOTrainer._compute_loss``
 (``loss_type`` "sigmoid" and "ipo", trl/trainer/dpo_trainer.py), checked equal in tests/test_dpo.py.
+Under ``torchrun`` each rank holds some of the pairs and the mean is over every rank's pairs, so
+N ranks take the 1-process step (tests/test_distributed.py).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch.nn.functional as F
 
 from agents.agent_config import TrainConfig
 from agents.base import Agent
+from agents.distributed import all_reduce
 from agents.lora import trainable_parameters
 from agents.scoring import Sequences, response_logprobs
 
@@ -100,11 +103,14 @@ class PreferenceAgent(Agent):
         """One optimiser step on the mean DPO/IPO loss over ``pairs``; TRL's metric names (``/`` as ``_``).
 
         Each minibatch is one packed forward pass over its pairs' chosen and rejected sequences.
+        Under torchrun ``pairs`` are this rank's (maybe none) and every value is over all ranks' pairs.
         """
-        cfg, n = self.config, len(pairs.chosen)
+        cfg = self.config
+        n = int(all_reduce(torch.tensor(len(pairs.chosen), device=self.device), self.dist))  # pairs on every rank
         sums = {key: torch.zeros((), device=self.device) for key in ("loss", "chosen", "rejected", "correct",
                                                                         "logps_chosen", "logps_rejected")}
-        for mb in torch.arange(n, device=self.device).chunk(cfg.num_mini_batches):
+        local = torch.arange(len(pairs.chosen), device=self.device)
+        for mb in local.chunk(cfg.num_mini_batches) if len(local) else ():  # a rank may hold no untied pair
             rows = torch.cat([pairs.chosen[mb], pairs.rejected[mb]])
             logps = response_logprobs(self.policy, pairs.sequences, cfg.temperature, self.task.vocab_size,
                                       index=rows).logprobs.sum(1)  # (2m,)
@@ -119,7 +125,8 @@ class PreferenceAgent(Agent):
                                ("logps_chosen", chosen), ("logps_rejected", rejected)):
                 sums[key] += value.detach().sum()
         grad_norm = self._optimizer_step()
-        mean = {key: float(value) / n for key, value in sums.items()}
+        totals = all_reduce(torch.stack(list(sums.values())), self.dist).tolist()
+        mean = {key: value / n for key, value in zip(sums, totals, strict=True)}
         return {"loss": mean["loss"], "rewards_chosen": mean["chosen"], "rewards_rejected": mean["rejected"],
                 "rewards_accuracies": mean["correct"], "rewards_margins": mean["chosen"] - mean["rejected"],
                 "logps_chosen": mean["logps_chosen"], "logps_rejected": mean["logps_rejected"],

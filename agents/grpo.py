@@ -7,7 +7,9 @@ defaults are TRL 1.16's GRPOConfig (trl/trainer/grpo_config.py), the loss its GR
 ``_compute_loss`` (checked in tests/test_grpo.py): ``loss_type`` "grpo" / "bnpo" / "dr_grpo"
 (Liu et al. 2025) / "dapo" (Yu et al. 2025), clip-higher ``epsilon_high``, ``num_iterations``
 passes over each batch against the rollout's log-probs, ``mask_truncated_completions``.
-DAPO's dynamic sampling (``dynamic_sampling``, not in TRL) is optional.
+DAPO's dynamic sampling (``dynamic_sampling``, not in TRL) is optional. Data-parallel under
+``torchrun`` (each rank generates whole groups; scaling by the batch std and every loss
+denominator are global), except with dynamic sampling.
 
     from agents import GRPO, GRPOConfig
     agent = GRPO("RLHFText-v0", config=GRPOConfig(num_generations=4, beta=0.05)).learn(50_000)
@@ -23,6 +25,7 @@ from typing import Any
 import torch
 
 from agents.command import agent_cli
+from agents.distributed import DistInfo, all_gather_rows, all_reduce, reduce_metrics
 from agents.models import PolicyArg
 from agents.policy_gradient import (
     ClippedPolicyAgent,
@@ -88,18 +91,27 @@ class GRPOConfig(ClippedPolicyConfig):
 class GRPO(ClippedPolicyAgent):
     """GRPO against a reward model, with an optional k3 KL penalty to the frozen reference in the loss.
 
-    One process only (``supports_distributed`` False): dynamic sampling's refill is decided per batch.
+    Data-parallel under torchrun like :class:`agents.PPOKL` (N ranks take the 1-process step), but not
+    with ``dynamic_sampling``, whose refill picks groups across the whole batch.
 
     Args: as :class:`agents.PPOKL`, with a :class:`GRPOConfig`.
     """
 
     config_class = GRPOConfig
     config: GRPOConfig
+    supports_distributed = True
 
     def __init__(
         self, env: Any, policy: PolicyArg = None, config: GRPOConfig | None = None, reference: PolicyArg = None
     ) -> None:
         super().__init__(env, policy, config, reference)
+
+    def _check_distributed(self, info: DistInfo) -> DistInfo:
+        info = super()._check_distributed(info)
+        if info.world_size > 1 and self.config.dynamic_sampling:
+            raise ValueError(f"dynamic_sampling=True cannot run under torchrun (WORLD_SIZE={info.world_size}): "
+                             "its refill picks groups across the whole batch; turn it off or run one process.")
+        return info
 
     def _build(self, checkpoint: Any) -> None:
         super()._build(checkpoint)
@@ -133,14 +145,18 @@ class GRPO(ClippedPolicyAgent):
         return batch, tokens, len(batches)
 
     def _iteration(self) -> tuple[dict[str, float], int]:
-        cfg, k = self.config, self.config.num_generations
-        # 1. Generate k responses per prompt (with dynamic sampling: until the batch holds informative groups).
+        cfg, k, dist = self.config, self.config.num_generations, self.dist
+        # 1. Generate k responses per prompt (with dynamic sampling: until the batch holds informative groups;
+        # under torchrun: this rank's share of whole groups, B = batch_size / world_size).
         batch, tokens, draws = self._sample_groups()
         mask = batch.response_mask.float()  # (B, T)
 
-        # 2. Group-relative advantages of the scores, one per response, given to each of its tokens.
+        # 2. Group-relative advantages of the scores, one per response, given to each of its tokens;
+        # computed on every rank's scores (the "batch" std is global), this rank's rows kept.
         score = batch.penalized_rewards(cfg.missing_eos_penalty)  # (B,)
-        advantages = group_advantages(score, k, cfg.scale_rewards)  # (B,)
+        scores = all_gather_rows(score, dist)  # (world * B,)
+        all_advantages = group_advantages(scores, k, cfg.scale_rewards)  # (world * B,)
+        advantages = all_advantages[dist.rank * len(score):(dist.rank + 1) * len(score)]  # (B,)
         token_advantages = advantages[:, None] * mask  # (B, T)
 
         # 3. The tokens that carry loss: overlong filtering drops responses cut by the length cap.
@@ -156,17 +172,18 @@ class GRPO(ClippedPolicyAgent):
         kl = None if ref is None else KLPenalty(ref, cfg.beta, cfg.use_bias_correction_kl)
         update = self._clipped_update(batch, token_advantages, loss_mask, kl, cfg.num_iterations, reshuffle=False)
 
-        # 6. Log.
-        grouped = score.view(-1, k)
+        # 6. Log: per-episode means averaged over ranks (reduce_metrics); global values stay as they are.
+        grouped = scores.view(-1, k)
         metrics = batch.metrics()
         metrics.update(update, beta=cfg.beta, entropy=float(masked_mean(batch.entropy, mask)),
-                       advantage_std=float(advantages.std()), reward_std=float(score.std()),
+                       advantage_std=float(all_advantages.std()), reward_std=float(scores.std()),
                        frac_reward_zero_std=float((grouped.std(1) == 0).float().mean()),
                        truncated_fraction=float(truncated.float().mean()), generation_batches=draws)
         if ref is not None:
             metrics.update(self._kl_metrics(batch, ref, kl_per_response(batch.logprobs, ref, mask, "k1")))
             metrics["objective"] = float(score.mean()) - cfg.beta * metrics["kl_k3"]
-        return metrics, tokens
+        metrics = reduce_metrics(metrics, dist, self.device)
+        return metrics, int(all_reduce(torch.tensor(tokens, device=self.device), dist))  # global: ranks stop together
 
 
 def cli(argv: Sequence[str] | None = None) -> int:

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from agents.command import agent_cli
+from agents.distributed import all_reduce, reduce_metrics
 from agents.dpo_loss import DPOLossConfig, PairBatch, PreferenceAgent
 from agents.models import PolicyArg
 from agents.ppo_utils import kl_per_response, masked_mean
@@ -51,19 +52,23 @@ class OnlineDPOConfig(DPOLossConfig):
 class OnlineDPO(PreferenceAgent):
     """Online DPO or IPO (``loss_type``): pairs sampled from the policy, ranked by the env's reward.
 
-    Not data-parallel (``supports_distributed`` False): the mean is over the pairs left after
-    skipping ties, a global count that ranks would have to share.
+    Data-parallel under torchrun: each rank samples whole pairs, and the mean is over the untied pairs
+    of every rank, so N ranks take the 1-process step.
 
     Args: as :class:`agents.PPOKL`, with an :class:`OnlineDPOConfig`.
     """
 
     config_class = OnlineDPOConfig
     config: OnlineDPOConfig
+    supports_distributed = True
 
     def __init__(
         self, env: Any, policy: PolicyArg = None, config: OnlineDPOConfig | None = None, reference: PolicyArg = None
     ) -> None:
         super().__init__(env, policy, config, reference)
+
+    def _samples_per_prompt(self) -> int:
+        return 2
 
     def _iteration(self) -> tuple[dict[str, float], int]:
         cfg = self.config
@@ -81,25 +86,28 @@ class OnlineDPO(PreferenceAgent):
         second_wins = (reward[untied, 1] > reward[untied, 0]).long()
         chosen, rejected = 2 * untied + second_wins, 2 * untied + 1 - second_wins  # (n,) rows of the batch
 
-        # 4. One step on the mean DPO/IPO loss over the untied pairs (none: no step).
+        # 4. One step on the mean DPO/IPO loss over the untied pairs of every rank (none: no step).
         metrics = batch.metrics()
         kl = kl_per_response(batch.logprobs, ref, mask, "k1")  # (B,)
-        if len(untied):
+        margin = reward[untied].max(1).values - reward[untied].min(1).values  # (n,)
+        untied_all, margin_all = all_reduce(torch.stack([margin.new_tensor(len(untied)), margin.sum()]),
+                                            self.dist).tolist()
+        if untied_all:
             ref_sums = ref.sum(1)  # (B,)
             metrics.update(self._dpo_update(PairBatch(batch, chosen, rejected, ref_sums[chosen], ref_sums[rejected])))
 
         # 5. Log: episode statistics, the ties skipped, the reward margin and the KL of the samples.
         metrics.update(
-            tied_pairs=float(len(reward) - len(untied)),
-            scores_margin=float((reward[untied].max(1).values - reward[untied].min(1).values).mean())
-            if len(untied) else 0.0,
+            tied_pairs=len(reward) * self.dist.world_size - untied_all,  # every rank's: global
+            scores_margin=margin_all / untied_all if untied_all else 0.0,
             kl=float(kl.mean()),
             kl_k1=float(kl.mean()),
             kl_k3=float(kl_per_response(batch.logprobs, ref, mask, "k3").mean()),
             beta=cfg.beta,
             entropy=float(masked_mean(batch.entropy, mask)),
         )
-        return metrics, int(mask.sum())
+        metrics = reduce_metrics(metrics, self.dist, self.device)
+        return metrics, int(all_reduce(mask.sum(), self.dist))  # global timesteps: every rank stops together
 
 
 def cli(argv: Sequence[str] | None = None) -> int:

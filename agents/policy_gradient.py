@@ -8,11 +8,14 @@ step, minimising per token ``-min(r A, clip(r, 1 - epsilon, 1 + epsilon_high) A)
 2025), plus ``beta`` times the k3 KL to the reference when the KL sits in the loss (GRPO,
 Shao et al. 2024). The token losses are aggregated as TRL 1.16's GRPOTrainer ``_compute_loss``
 does for its ``loss_type`` (trl/trainer/grpo_trainer.py), checked against it in tests/test_grpo.py.
+
+Under ``torchrun`` every denominator is global (rows and loss tokens of a step or micro-batch over
+all ranks) and the minibatches are drawn over the global batch, so N ranks take the 1-process step
+(tests/test_distributed.py); TRL normalises ``bnpo`` per rank instead.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, fields, replace
 from typing import Literal, get_args
 
@@ -21,6 +24,7 @@ import torch
 
 from agents.agent_config import TrainConfig
 from agents.base import Agent
+from agents.distributed import all_gather_rows, all_reduce
 from agents.lora import trainable_parameters
 from agents.ppo_utils import kl_estimate, kl_per_response
 from agents.rollout import RolloutBatch
@@ -122,17 +126,19 @@ class LossScale:
     """The task's ``max_new_tokens`` ("dr_grpo")."""
 
 
-def aggregate_loss(per_token: torch.Tensor, mask: torch.Tensor, loss_type: LossType, scale: LossScale) -> torch.Tensor:
+def aggregate_loss(per_token: torch.Tensor, mask: torch.Tensor, loss_type: LossType, scale: LossScale,
+                   tokens: float) -> torch.Tensor:
     """One micro-batch's share of an optimiser step's ``loss_type`` aggregate of ``per_token`` losses.
 
     Summed over the step's micro-batches it is the aggregate: TRL's ``_compute_loss`` divided by its
-    gradient-accumulation normaliser.
+    gradient-accumulation normaliser. ``tokens`` is the micro-batch's loss-token count ("bnpo"): over
+    every rank's rows under torchrun, where ``mask`` holds this rank's rows only.
     """
     total = per_token * mask  # (b, T)
     if loss_type == "grpo":
         return (total.sum(1) / mask.sum(1).clamp(min=1)).sum() / scale.rows
     if loss_type == "bnpo":
-        return total.sum() / mask.sum().clamp(min=1) / scale.parts
+        return total.sum() / max(tokens, 1.0) / scale.parts
     if loss_type == "dr_grpo":
         return total.sum() / (scale.rows * scale.max_completion_length)
     if loss_type == "dapo":
@@ -175,10 +181,12 @@ class ClippedPolicyAgent(Agent):
             return response_logprobs(self.reference, batch, self.config.temperature, self.task.vocab_size).logprobs
 
     def _clipped_loss(self, batch: RolloutBatch, idx: torch.Tensor, advantages: torch.Tensor, loss_mask: torch.Tensor,
-                      kl: KLPenalty | None, scale: LossScale) -> tuple[torch.Tensor, torch.Tensor]:
-        """A micro-batch ``idx``'s loss and (clipped-low, clipped-high, approx-KL) token means, from a fresh pass.
+                      kl: KLPenalty | None, scale: LossScale, tokens: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """A micro-batch ``idx``'s loss and (clipped-low, clipped-high, approx-KL) token sums / ``tokens``.
 
-        With ``kl`` its per-token penalty joins the surrogate (TRL's GRPO ``_compute_loss``).
+        ``tokens`` counts the micro-batch's loss tokens (on every rank under torchrun, so the rank
+        shares sum to the micro-batch's means). With ``kl`` its per-token penalty joins the
+        surrogate (TRL's GRPO ``_compute_loss``).
         """
         cfg = self.config
         new = response_logprobs(self.policy, batch, cfg.temperature, self.task.vocab_size, index=idx).logprobs
@@ -188,50 +196,63 @@ class ClippedPolicyAgent(Agent):
         if kl is not None and kl.beta:
             k3 = kl_estimate(new, kl.ref[idx], "k3")  # (b, T)
             per_token = per_token + kl.beta * (k3 * ratio if kl.bias_correction else k3)
-        loss = aggregate_loss(per_token, m, cfg.loss_type, scale)
+        loss = aggregate_loss(per_token, m, cfg.loss_type, scale, tokens)
         with torch.no_grad():
-            tokens = m.sum().clamp(min=1)
             log_ratio = (new - old) * m
-            stats = torch.stack([(((ratio < 1 - low) & (adv < 0)) * m).sum() / tokens,
-                                 (((ratio > 1 + high) & (adv > 0)) * m).sum() / tokens,
-                                 ((log_ratio.exp() - 1 - log_ratio) * m).sum() / tokens])
+            stats = torch.stack([(((ratio < 1 - low) & (adv < 0)) * m).sum(),
+                                 (((ratio > 1 + high) & (adv > 0)) * m).sum(),
+                                 ((log_ratio.exp() - 1 - log_ratio) * m).sum()]) / max(tokens, 1.0)
         return loss, stats
 
-    def _loss_scale(self, loss_mask: torch.Tensor) -> LossScale:
-        """The loss denominators of each optimiser step over a batch with this (B, T) loss mask."""
+    def _loss_scale(self, tokens_per_row: torch.Tensor) -> LossScale:
+        """The loss denominators of each optimiser step over a batch whose rows hold these (B,) loss tokens."""
         cfg = self.config
         steps_per_pass = cfg.num_mini_batches // cfg.accumulation
-        return LossScale(rows=loss_mask.shape[0] // steps_per_pass, tokens=float(loss_mask.sum()) / steps_per_pass,
-                         parts=cfg.accumulation, max_completion_length=self.task.max_new_tokens)
+        return LossScale(rows=len(tokens_per_row) // steps_per_pass,
+                         tokens=float(tokens_per_row.sum()) / steps_per_pass, parts=cfg.accumulation,
+                         max_completion_length=self.task.max_new_tokens)
 
     def _clipped_update(self, batch: RolloutBatch, advantages: torch.Tensor, loss_mask: torch.Tensor,
                         kl: KLPenalty | None, passes: int, reshuffle: bool) -> dict[str, float]:
-        """``passes`` over the batch in minibatches; returns the update's mean statistics.
+        """``passes`` over the batch in minibatches; returns the update's mean statistics, over every rank.
 
         The row order is drawn once per batch (TRL shuffles each generation batch once and reuses
         its order for every iteration) or, with ``reshuffle``, anew every pass (PPO epochs, OpenRLHF).
+        Under torchrun the order is over the global batch (the same generator state on every rank)
+        and each rank backpropagates its own rows of each micro-batch, as :class:`agents.PPOKL` does.
         """
-        cfg = self.config
-        n, scale = loss_mask.shape[0], self._loss_scale(loss_mask)
+        cfg, dist = self.config, self.dist
+        n = loss_mask.shape[0]
+        first = dist.rank * n  # global index of this rank's first row
+        tokens_per_row = all_gather_rows(loss_mask.sum(1), dist)  # (world * B,)
+        scale = self._loss_scale(tokens_per_row)
         steps_per_pass = cfg.num_mini_batches // cfg.accumulation
-        stats: dict[str, list[float]] = defaultdict(list)
-        order = torch.randperm(n, generator=self.generator, device=self.device)
+        micro: list[torch.Tensor] = []  # this rank's share of each micro-batch's (clip-low, clip-high, approx-KL)
+        step_losses: list[torch.Tensor] = []  # this rank's share of each optimiser step's loss
+        grad_norms: list[float] = []
+        order = torch.randperm(len(tokens_per_row), generator=self.generator, device=self.device)
         for p in range(passes):
             if reshuffle and p:
-                order = torch.randperm(n, generator=self.generator, device=self.device)
+                order = torch.randperm(len(tokens_per_row), generator=self.generator, device=self.device)
             parts = order.chunk(cfg.num_mini_batches)
             for step in range(steps_per_pass):
-                step_loss = 0.0
-                for idx in parts[step * cfg.accumulation:(step + 1) * cfg.accumulation]:
-                    loss, part = self._clipped_loss(batch, idx, advantages, loss_mask, kl, scale)
-                    self._backward(loss, f"{type(self).__name__} loss")
-                    step_loss += float(loss.detach())
-                    for name, value in zip(("clip_ratio_low", "clip_ratio_high", "approx_kl"), part.tolist(),
-                                           strict=True):
-                        stats[name].append(value)
-                stats["policy_loss"].append(step_loss)
-                stats["grad_norm"].append(self._optimizer_step())
-        return {name: float(np.mean(values)) for name, values in stats.items()}
+                step_loss = torch.zeros((), device=self.device)
+                for rows in parts[step * cfg.accumulation:(step + 1) * cfg.accumulation]:
+                    idx = rows[(rows >= first) & (rows < first + n)] - first  # this rank's rows, local indices
+                    part = torch.zeros(3, device=self.device)
+                    if len(idx):
+                        tokens = float(tokens_per_row[rows].sum())
+                        loss, part = self._clipped_loss(batch, idx, advantages, loss_mask, kl, scale, tokens)
+                        self._backward(loss, f"{type(self).__name__} loss")
+                        step_loss += loss.detach()
+                    micro.append(part)
+                step_losses.append(step_loss)
+                grad_norms.append(self._optimizer_step())
+        # One collective for every statistic: the rank shares sum to the global values.
+        totals = all_reduce(torch.cat([torch.stack(micro).flatten(), torch.stack(step_losses)]), dist)
+        means = totals[:3 * len(micro)].view(-1, 3).mean(0).tolist()
+        return {"clip_ratio_low": means[0], "clip_ratio_high": means[1], "approx_kl": means[2],
+                "policy_loss": float(totals[3 * len(micro):].mean()), "grad_norm": float(np.mean(grad_norms))}
 
     def _kl_metrics(self, batch: RolloutBatch, ref: torch.Tensor, kl: torch.Tensor) -> dict[str, float]:
         """``kl`` (the per-response KL in use) and per-response k1 and k3 KL to the reference of the sampling policy."""

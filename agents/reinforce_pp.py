@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from agents.command import agent_cli
+from agents.distributed import all_reduce, reduce_metrics
 from agents.models import PolicyArg
 from agents.policy_gradient import (
     ClippedPolicyAgent,
@@ -74,13 +75,15 @@ class ReinforcePPConfig(ClippedPolicyConfig):
 class ReinforcePP(ClippedPolicyAgent):
     """REINFORCE++ (or REINFORCE++-baseline) against a reward model, KL-penalised per token to the reference.
 
-    One process only (``supports_distributed`` False).
+    Data-parallel under torchrun like :class:`agents.PPOKL`: the whitening and every loss denominator are
+    global, so N ranks take the 1-process step.
 
     Args: as :class:`agents.PPOKL`, with a :class:`ReinforcePPConfig`.
     """
 
     config_class = ReinforcePPConfig
     config: ReinforcePPConfig
+    supports_distributed = True
 
     def __init__(
         self, env: Any, policy: PolicyArg = None, config: ReinforcePPConfig | None = None, reference: PolicyArg = None
@@ -122,7 +125,8 @@ class ReinforcePP(ClippedPolicyAgent):
         metrics.update(update, **self._kl_metrics(batch, ref, kl.sum(1)), beta=cfg.beta,
                        objective=float((raw - cfg.beta * kl.sum(1)).mean()),
                        entropy=float(masked_mean(batch.entropy, mask)), return_mean=float(masked_mean(returns, mask)))
-        return metrics, int(mask.sum())
+        metrics = reduce_metrics(metrics, dist, self.device)
+        return metrics, int(all_reduce(mask.sum(), dist))  # global timesteps: every rank stops together
 
 
 def cli(argv: Sequence[str] | None = None) -> int:

@@ -22,7 +22,7 @@ import torch
 from agents.agent_config import TrainConfig
 from agents.base import Agent
 from agents.command import agent_cli
-from agents.distributed import DistInfo, all_gather_rows, all_reduce, reduce_metrics
+from agents.distributed import all_gather_rows, all_reduce, reduce_metrics
 from agents.lora import trainable_parameters
 from agents.models import PolicyArg
 from agents.ppo_utils import KLEstimator, kl_per_response, leave_one_out_advantages, masked_mean, masked_whiten
@@ -67,16 +67,6 @@ class RLOO(Agent):
         self, env: Any, policy: PolicyArg = None, config: RLOOConfig | None = None, reference: PolicyArg = None
     ) -> None:
         super().__init__(env, policy, config, reference)
-
-    def _check_distributed(self, info: DistInfo) -> DistInfo:
-        info = super()._check_distributed(info)
-        share = self.config.batch_size // info.world_size
-        if share % self.config.num_generations:
-            raise ValueError(
-                f"num_generations={self.config.num_generations} must divide each rank's {share} episodes "
-                "(batch_size / WORLD_SIZE): a prompt's k samples are generated on one rank."
-            )
-        return info
 
     def _build(self, checkpoint: Any) -> None:
         self._make_optimizer(trainable_parameters(self.policy))  # with LoRA: the adapters only

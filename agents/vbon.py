@@ -30,8 +30,9 @@ is negligible for responses of more than a few tokens.
     from agents import VBoN, VBoNConfig
     agent = VBoN("RLHFText-v0", config=VBoNConfig(n=16, reference_samples=32)).learn(196_608)
 
-Single-process only (``supports_distributed = False``): under torchrun each rank would cache its own
-prompts' reference scores, and only rank 0's cache would reach the checkpoint.
+Data-parallel under torchrun like PPOKL: the ranks agree on the batch's new prompts, share out their
+reference sampling (chunk c on rank c mod N) and exchange the scores, so every rank holds the whole
+cache (rank 0 saves it) and N ranks take the 1-process step.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ import torch
 from gymnasium.vector import AutoresetMode
 
 from agents.command import agent_cli
+from agents.distributed import all_gather_objects, reduce_metrics
 from agents.lora import AdapterDisabled
 from agents.models import PolicyArg
 from agents.ppo_kl import PPOKL, PPOKLConfig
@@ -112,7 +114,6 @@ class VBoN(PPOKL):
 
     config_class = VBoNConfig
     config: VBoNConfig
-    supports_distributed = False
 
     def __init__(
         self, env: Any, policy: PolicyArg = None, config: VBoNConfig | None = None, reference: PolicyArg = None
@@ -133,14 +134,15 @@ class VBoN(PPOKL):
     def _iteration(self) -> tuple[dict[str, float], int]:
         # PPOKL's numbered steps; step 4 takes its score from _token_rewards below.
         metrics, steps = super()._iteration()
-        metrics.update(self._cdf_metrics)
+        metrics.update(reduce_metrics(self._cdf_metrics, self.dist, self.device))
         return metrics, steps
 
     def _token_rewards(self, batch: RolloutBatch) -> torch.Tensor:
         """(B, T) log F_hat of each episode's penalized return under its prompt's cached ones, on the last token."""
         score = batch.penalized_rewards(self.config.missing_eos_penalty)  # (B,) the same penalties as the reference's
         prompts = [str(info["prompt"]) for info in batch.infos]
-        self._sample_reference([p for p in dict.fromkeys(prompts) if p not in self.reference_scores])
+        every_rank = all_gather_objects(prompts, self.dist)  # the global batch's prompts, in one process's order
+        self._sample_reference([p for p in dict.fromkeys(every_rank) if p not in self.reference_scores])
         table = torch.stack([self.reference_scores[p] for p in prompts])  # (B, M) sorted
         reward = log_cdf(table, score.cpu())  # (B,)
         self._cdf_metrics = {
@@ -156,21 +158,25 @@ class VBoN(PPOKL):
         """Sample M reference responses for each of ``prompts``, score them, and cache their sorted scores.
 
         Chunks of ``batch_size / M`` prompts (at least one) fill one private vector env of M responses
-        per prompt, so each rollout is as wide as a training batch.
+        per prompt, so each rollout is as wide as a training batch. Under torchrun every rank gets the
+        same ``prompts``, samples chunks c = rank, rank + N, ... and receives the others' scores.
         """
-        cfg, m = self.config, self.config.reference_samples
+        cfg, m, dist = self.config, self.config.reference_samples, self.dist
         start = time.perf_counter()
-        per_chunk = max(1, cfg.batch_size // m)
-        for first in range(0, len(prompts), per_chunk):
+        per_chunk, done = max(1, cfg.batch_size // m), len(self.reference_scores)
+        mine: list[tuple[int, list[str], list[list[float]], int]] = []  # (first, prompts, sorted scores, tokens)
+        for first in range(0, len(prompts), per_chunk)[dist.rank::dist.world_size]:
             chunk = prompts[first:first + per_chunk]
             env = self._reference_env(len(chunk) * m)
             # Episode seeds continue after the reference responses already drawn: a resumed run draws the same.
-            seed = cfg.seed + REFERENCE_SEED + len(self.reference_scores) * m
+            seed = cfg.seed + REFERENCE_SEED + (done + first) * m
             batch = self._reference_rollout(env, chunk, seed)
             scores = batch.penalized_rewards(cfg.missing_eos_penalty).cpu().view(len(chunk), m)  # (prompts, M)
-            for prompt, row in zip(chunk, scores, strict=True):
-                self.reference_scores[prompt] = row.sort().values
-            self.reference_tokens += int(batch.response_mask.sum())
+            mine.append((first, chunk, scores.sort(1).values.tolist(), int(batch.response_mask.sum())))
+        for _, chunk, rows, tokens in sorted(all_gather_objects(mine, dist)):  # in chunk order, as one process
+            for prompt, row in zip(chunk, rows, strict=True):
+                self.reference_scores[prompt] = torch.tensor(row, dtype=torch.float32)
+            self.reference_tokens += tokens
         self.reference_seconds += time.perf_counter() - start
 
     def _reference_rollout(self, env: TextGenerationVectorEnv, prompts: list[str], seed: int) -> RolloutBatch:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
@@ -35,6 +38,18 @@ def count_task(max_new_tokens: int = 8, reward_delay: float = 0.0, **overrides) 
                    reward_model=reward, max_new_tokens=max_new_tokens, max_prompt_tokens=4)
     options.update(overrides)
     return Task(**options)
+
+
+def write_pairs(path: Path, n: int = 64, seed: int = 0) -> Path:
+    """Pairs on the count task's prompts: the chosen response always has an 'a', the rejected only 'b's."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        chosen = "".join(rng.choice("ab") for _ in range(rng.randint(0, 3))) + "a"
+        rows.append({"prompt": rng.choice(["a", "b", "ab", "ba"]), "chosen": chosen,
+                     "rejected": "b" * rng.randint(1, 4)})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
 
 
 class LetterGame:

@@ -16,8 +16,28 @@ from agents.ppo_utils import masked_whiten
 TESTS = Path(__file__).resolve().parent
 
 
-def run_worker(nproc: int, out: Path, algorithm: str) -> None:
-    torchrun(nproc, str(TESTS / "distributed_worker.py"), str(out), algorithm)
+# The statistics each agent logs that must be global, i.e. equal between 1 and 2 processes.
+LOGGED = {
+    "ppo_kl": ("score", "kl", "beta", "response_length", "policy_loss", "value_loss", "clipfrac", "approx_kl"),
+    "rloo": ("score", "kl", "objective", "response_length", "policy_loss", "advantage_std", "grad_norm"),
+    "grpo": ("score", "kl", "policy_loss", "advantage_std", "reward_std", "clip_ratio_low", "approx_kl",
+             "grad_norm"),
+    "grpo_dapo": ("score", "policy_loss", "truncated_fraction", "clip_ratio_high", "approx_kl", "grad_norm"),
+    "reinforce_pp": ("score", "kl", "objective", "policy_loss", "approx_kl", "grad_norm"),
+    "dpo": ("loss", "rewards_margins", "rewards_accuracies", "logps_chosen", "grad_norm", "epoch"),
+    "online_dpo": ("score", "kl", "tied_pairs", "scores_margin", "loss", "rewards_margins", "grad_norm"),
+    "vbon": ("score", "kl", "log_cdf", "reference_win_rate", "reference_tokens", "reference_prompts",
+             "policy_loss", "value_loss"),
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    """Two iterations of every agent, in 1 process and in 2 (one torchrun launch each)."""
+    out = tmp_path_factory.mktemp("distributed")
+    for nproc in (1, 2):
+        torchrun(nproc, str(TESTS / "distributed_worker.py"), str(out / f"n{nproc}"), *LOGGED)
+    return out
 
 
 def log_rows(out: Path) -> list[dict[str, float]]:
@@ -25,20 +45,15 @@ def log_rows(out: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
 
 
-@pytest.mark.parametrize(("algorithm", "logged"), [
-    ("ppo_kl", ("score", "kl", "beta", "response_length", "policy_loss", "value_loss", "clipfrac", "approx_kl")),
-    ("rloo", ("score", "kl", "objective", "response_length", "policy_loss", "advantage_std", "grad_norm")),
-])
-def test_two_ranks_match_one_process(tmp_path, algorithm, logged):
-    one, two = tmp_path / "one", tmp_path / "two"
-    run_worker(1, one, algorithm)
-    run_worker(2, two, algorithm)
+@pytest.mark.parametrize("algorithm", list(LOGGED))
+def test_two_ranks_match_one_process(runs, algorithm):
+    one, two = runs / "n1" / algorithm, runs / "n2" / algorithm
     single = torch.load(one / "rank0.pt")
     ranks = [torch.load(two / f"rank{r}.pt") for r in (0, 1)]
     initial = dict(tiny_lm(count_task()).named_parameters())
     moved = max((single["params"][k] - initial[k]).abs().max().item() for k in initial)
     diff = max((single["params"][k] - ranks[0]["params"][k]).abs().max().item() for k in single["params"])
-    print(f"largest parameter move {moved:.2e}; largest 1-process vs 2-process difference {diff:.2e}")
+    print(f"{algorithm}: largest parameter move {moved:.2e}; largest 1-process vs 2-process difference {diff:.2e}")
     assert moved > 1e-3  # two real updates happened
     assert diff < 1e-5
     for k in single["params"]:  # the ranks hold one model
@@ -51,9 +66,12 @@ def test_two_ranks_match_one_process(tmp_path, algorithm, logged):
     rows_one, rows_two = log_rows(one), log_rows(two)
     assert len(rows_one) == len(rows_two) == 2
     for a, b in zip(rows_one, rows_two, strict=True):
-        for key in logged:
+        for key in LOGGED[algorithm]:
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
     assert (two / "saved" / "state.json").is_file()
+    if algorithm == "vbon":  # rank 0 saved every rank's reference scores, as one process did
+        cache = "reference_scores.json"
+        assert (one / "saved" / cache).read_text() == (two / "saved" / cache).read_text()
 
 
 def test_single_process_helpers_are_identity():
@@ -70,9 +88,14 @@ def test_unsupported_agent_and_bad_split_fail_clearly(monkeypatch):
     task = count_task()
     with pytest.raises(ValueError, match="BestOfN does not support torchrun"):
         BestOfN(task, policy=tiny_lm(task), config=BestOfNConfig(batch_size=8, num_generations=2, save_steps=0))
-    from agents import PPOKL, RLOO, PPOKLConfig, RLOOConfig
+    from agents import GRPO, PPOKL, RLOO, GRPOConfig, OnlineDPO, OnlineDPOConfig, PPOKLConfig, RLOOConfig
 
     with pytest.raises(ValueError, match="batch_size=9 is the global batch"):
         PPOKL(task, policy=tiny_lm(task), config=PPOKLConfig(batch_size=9, num_mini_batches=1, save_steps=0))
-    with pytest.raises(ValueError, match="num_generations=4 must divide each rank's 2 episodes"):  # one rank per group
+    with pytest.raises(ValueError, match=r"4 samples per prompt \(num_generations\) must divide each rank's 2"):
         RLOO(task, policy=tiny_lm(task), config=RLOOConfig(batch_size=4, num_generations=4, save_steps=0))
+    with pytest.raises(ValueError, match="2 samples per prompt .* each rank's 3 episodes"):  # a pair on one rank
+        OnlineDPO(task, policy=tiny_lm(task), config=OnlineDPOConfig(batch_size=6, save_steps=0))
+    with pytest.raises(ValueError, match="dynamic_sampling=True cannot run under torchrun"):
+        GRPO(task, policy=tiny_lm(task), config=GRPOConfig(batch_size=8, num_generations=2, dynamic_sampling=True,
+                                                           save_steps=0))

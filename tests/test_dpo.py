@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import copy
 import json
-import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from rl_helpers import count_task, tiny_lm
+from rl_helpers import count_task, tiny_lm, write_pairs
 
 from agents import DPO, DPOConfig
 from agents.dpo import cli, encode_pairs
@@ -22,18 +21,6 @@ from agents.scoring import SequenceBatch, response_logprobs
 from rlhf_common.io import DataError
 
 torch.set_num_threads(1)
-
-
-def write_pairs(path: Path, n: int = 64, seed: int = 0) -> Path:
-    """Pairs on the count task's prompts: the chosen response always has an 'a', the rejected only 'b's."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        chosen = "".join(rng.choice("ab") for _ in range(rng.randint(0, 3))) + "a"
-        rows.append({"prompt": rng.choice(["a", "b", "ab", "ba"]), "chosen": chosen,
-                     "rejected": "b" * rng.randint(1, 4)})
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def make_agent(tmp_path: Path, **overrides) -> DPO:

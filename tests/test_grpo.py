@@ -121,11 +121,12 @@ def test_loss_and_gradient_equal_trl(trl_trainer, agent_for_trl, loss_type, epsi
     advantages = group_advantages(rewards, 4, "group")
     mask = batch.response_mask.float()
     agent.policy.zero_grad()
-    scale = agent._loss_scale(mask)
+    scale = agent._loss_scale(mask.sum(1))
     ours = 0.0
     for idx in torch.arange(8).chunk(micro_batches):
         kl = KLPenalty(ref, 0.04, bias_correction)
-        loss, stats = agent._clipped_loss(batch, idx, advantages[:, None] * mask, mask, kl, scale)
+        tokens = float(mask[idx].sum())
+        loss, stats = agent._clipped_loss(batch, idx, advantages[:, None] * mask, mask, kl, scale, tokens)
         loss.backward()
         ours += float(loss.detach())
     theirs, grads = trl_loss_and_grads(trl_trainer, batch, ref, advantages, micro_batches)
