@@ -35,15 +35,20 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser.add_argument("--positions", type=int, default=50, help="held-out starting positions graded (default 50)")
     parser.add_argument("--depth", type=int, default=8, help="Stockfish grading depth (default 8)")
     parser.add_argument("--critic", default="learned", help="reward per move: learned (default) or stockfish")
+    parser.add_argument("--result-weight", type=float, default=1.0,
+                        help="weight of the game's result in the last move's reward (default 1; 0: move rewards only)")
+    parser.add_argument("--beta", type=float, default=0.05, help="KL penalty to the starting policy (default 0.05)")
+    parser.add_argument("--agent-settings", default="", help='per-agent fields, e.g. "rloo.learning_rate=1e-3"')
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
     set_torch_threads()
-    options = {"max_turns": args.max_turns, "critic": args.critic}
+    options = {"max_turns": args.max_turns, "critic": args.critic, "result_weight": args.result_weight}
     held_out = {**options, "positions": str(EVAL_POSITIONS)}
     compare(CompareConfig(out=args.out, env="ChessGame-v0", env_kwargs=json.dumps(options),
                           eval_env_kwargs=json.dumps(held_out), agents=args.agents, timesteps=args.timesteps,
-                          eval_episodes=64, seed=args.seed, progress=False))
+                          beta=args.beta, agent_settings=args.agent_settings, eval_episodes=64, seed=args.seed,
+                          progress=False))
 
     task = make_task("ChessGame-v0", held_out)
     fens = load_positions(EVAL_POSITIONS)[: args.positions]

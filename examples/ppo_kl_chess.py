@@ -58,8 +58,9 @@ def ppo_config(args: argparse.Namespace, critic: str, log_dir: str) -> PPOKLConf
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,  # a 4x128 model trained from scratch takes larger steps than a pretrained one
         # Beta weighs KL against score differences. The learned critic's calibration (a least-squares
-        # fit of a noisy predictor) shrinks them: within a position its scores spread ~9x less
-        # than Stockfish's (s.d. 0.023 vs 0.21), so it gets a ~10x smaller beta.
+        # fit of a noisy predictor) shrinks them: within a position the scores of the critic before
+        # issue 20 spread ~9x less than Stockfish's (s.d. 0.023 vs 0.21), so it got a ~10x smaller
+        # beta; the current critic's spread ~3x less (0.09 vs 0.27), and the README's issue-20 runs use 0.007.
         beta=args.beta_learned if critic == "learned" else args.beta_stockfish,
         num_mini_batches=4,
         seed=args.seed,

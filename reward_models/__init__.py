@@ -27,6 +27,10 @@ from reward_models.preferences import (
 from reward_models.simulated import SimulatedLabeler, agreement, label_jsonl
 
 _LAZY = {
+    "JudgeResult": "reward_models.ai_labeler",
+    "LMJudge": "reward_models.ai_labeler",
+    "Labeler": "reward_models.ai_labeler",
+    "ScorerLabeler": "reward_models.ai_labeler",
     "HFRewardModel": "reward_models.hf_model",
     "encode_for_reward": "reward_models.hf_model",
     "load_reward_backbone": "reward_models.hf_model",

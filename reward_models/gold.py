@@ -19,6 +19,17 @@ _TOKEN = re.compile(r"\w+|[^\w\s]")
 _FINISHED = re.compile(r"[.!?][\"')\]]*\s*$")
 
 
+def tokenize(text: str) -> list[str]:
+    """Lower-cased words and single punctuation marks: the tokens the gold scorer and the bias audit count."""
+    return _TOKEN.findall(text.lower())
+
+
+def repeated_bigram_share(tokens: Sequence[str]) -> float:
+    """``1 - distinct2``: the share of token bigrams that repeat an earlier one (0 with fewer than two bigrams)."""
+    bigrams = list(zip(tokens, tokens[1:], strict=False))
+    return 1.0 - len(set(bigrams)) / len(bigrams) if len(bigrams) >= 2 else 0.0
+
+
 @dataclass
 class UpbeatGoldScorer:
     """Gold scorer for the default task: VADER positivity minus degeneracy penalties.
@@ -69,9 +80,8 @@ class UpbeatGoldScorer:
         text = response.strip()
         if not text:
             return {"sentiment": 0.0, "repetition": 1.0, "unfinished": 1.0, "short": 1.0, "score": self.floor}
-        tokens = _TOKEN.findall(text.lower())
-        bigrams = list(zip(tokens, tokens[1:], strict=False))
-        repetition = 1.0 - len(set(bigrams)) / len(bigrams) if len(bigrams) >= 2 else 0.0
+        tokens = tokenize(text)
+        repetition = repeated_bigram_share(tokens)
         unfinished = 0.0 if _FINISHED.search(text) else 1.0
         words = sum(1 for t in tokens if t[0].isalnum() or t[0] == "_")
         short = max(0.0, 1.0 - words / self.min_words)

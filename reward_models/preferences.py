@@ -5,6 +5,9 @@ timestamps, are ignored):
 
 - a comparison (TRL's standard shape): ``{"prompt": str, "chosen": str, "rejected": str}``
 - a ranking of K >= 2 responses, best first: ``{"prompt": str, "responses": [best, ..., worst]}``
+- either of the two with an optional ``"weight"`` (a finite number >= 0, default 1): how much the
+  row counts in reward-model training, e.g. its labeler's reliability
+  (:mod:`reward_models.reliability`); 0 drops the row.
 - HH-RLHF (Anthropic/hh-rlhf): ``{"chosen": "\n\nHuman: ...\n\nAssistant: ...", "rejected": ...}``:
   the prompt is the shared text up to and including the last ``"\n\nAssistant:"`` the two
   share, the responses the rest (TRL's ``extract_prompt`` cuts at the first differing
@@ -28,8 +31,8 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from itertools import combinations
 from typing import Any
 
@@ -45,6 +48,8 @@ class Comparison:
     prompt: str
     chosen: str
     rejected: str
+    weight: float = 1.0
+    """How much the comparison counts in training (see the module docstring); 1 by default."""
 
     @property
     def responses(self) -> tuple[str, str]:
@@ -56,8 +61,8 @@ class Comparison:
         return [self]
 
     def to_json(self) -> dict[str, Any]:
-        """The JSONL row: ``{"prompt", "chosen", "rejected"}``."""
-        return {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected}
+        """The JSONL row: ``{"prompt", "chosen", "rejected"}`` (and ``"weight"`` unless it is 1)."""
+        return _weighted({"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected}, self.weight)
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,8 @@ class Ranking:
 
     prompt: str
     responses: tuple[str, ...]
+    weight: float = 1.0
+    """How much the ranking counts in training (see the module docstring); its pairs share it."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "responses", tuple(self.responses))
@@ -75,11 +82,16 @@ class Ranking:
 
     def pairs(self) -> list[Comparison]:
         """All C(K, 2) comparisons the ranking implies, each better response as ``chosen``."""
-        return [Comparison(self.prompt, a, b) for a, b in combinations(self.responses, 2)]
+        return [Comparison(self.prompt, a, b, self.weight) for a, b in combinations(self.responses, 2)]
 
     def to_json(self) -> dict[str, Any]:
-        """The JSONL row: ``{"prompt", "responses": [best, ..., worst]}``."""
-        return {"prompt": self.prompt, "responses": list(self.responses)}
+        """The JSONL row: ``{"prompt", "responses": [best, ..., worst]}`` (and ``"weight"`` unless it is 1)."""
+        return _weighted({"prompt": self.prompt, "responses": list(self.responses)}, self.weight)
+
+
+def _weighted(row: dict[str, Any], weight: float) -> dict[str, Any]:
+    """``row`` with ``"weight"`` added when it is not the default 1, so unweighted files stay as they were."""
+    return row if weight == 1.0 else {**row, "weight": weight}
 
 
 Preference = Comparison | Ranking
@@ -109,8 +121,7 @@ def load_preferences(path: str | os.PathLike[str], tokenizer: Any = None) -> lis
     """
     items: list[Preference] = []
     ties = 0
-    for line_no, row in read_jsonl(path):
-        item = _parse_row(row, f"{path}:{line_no}", tokenizer)
+    for _, _, item in preference_rows(path, tokenizer):
         if item is None:
             ties += 1
         else:
@@ -123,8 +134,35 @@ def load_preferences(path: str | os.PathLike[str], tokenizer: Any = None) -> lis
     return items
 
 
+def preference_rows(
+    path: str | os.PathLike[str], tokenizer: Any = None
+) -> Iterator[tuple[str, dict[str, Any], Preference | None]]:
+    """``(file:line, raw row, parsed row or None for a tie)`` for every row of a preference JSONL.
+
+    The raw row keeps the keys the parsed one drops (e.g. ``"labeler"``); errors as in
+    :func:`load_preferences`.
+    """
+    for line_no, row in read_jsonl(path):
+        where = f"{path}:{line_no}"
+        yield where, row, _parse_row(row, where, tokenizer)
+
+
 def _parse_row(row: dict[str, Any], where: str, tokenizer: Any) -> Preference | None:
     """One row as a Comparison or Ranking, or None for a tie; DataError naming ``where`` if it is bad."""
+    item = _parse_shape(row, where, tokenizer)
+    if item is None or "weight" not in row:
+        return item
+    weight = row["weight"]
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+        raise DataError(
+            f"{where}: 'weight' must be a finite number >= 0 (how much the row counts in training; 0 drops it), "
+            f"got {weight!r:.40}; fix or remove it."
+        )
+    return replace(item, weight=float(weight))
+
+
+def _parse_shape(row: dict[str, Any], where: str, tokenizer: Any) -> Preference | None:
+    """One row as an unweighted Comparison or Ranking, or None for a tie."""
     if "responses" in row:
         if "chosen" in row or "rejected" in row:
             raise DataError(

@@ -17,6 +17,7 @@ import argparse
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -29,10 +30,12 @@ from reward_models.preferences import (
     PromptResponses,
     Ranking,
     load_collection,
-    save_preferences,
 )
 from rlhf_common.config_cli import add_config_args, config_from_args, run_command
-from rlhf_common.io import DataError
+from rlhf_common.io import DataError, write_jsonl_atomic
+
+if TYPE_CHECKING:
+    from reward_models.ai_labeler import Labeler
 
 
 @dataclass
@@ -138,21 +141,25 @@ def agreement(a: Sequence[Preference], b: Sequence[Preference]) -> float:
 
 
 def label_jsonl(
-    labeler: SimulatedLabeler,
+    labeler: Labeler,
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
     pairs: bool = False,
+    name: str | None = None,
 ) -> int:
     """Label a collection JSONL (``{"prompt", "responses": [...]}`` rows) into preference rows.
 
-    Writes rankings (best first), or with ``pairs=True`` every implied comparison,
-    atomically to ``dst``; returns the number of rows written.
+    ``labeler`` is any :class:`~reward_models.ai_labeler.Labeler` (simulated, a scorer, an LM
+    judge). Writes rankings (best first), or with ``pairs=True`` every implied comparison,
+    atomically to ``dst``, each row with ``"labeler": name`` when a name is given (as the
+    labeling page's export); returns the number of rows written.
     """
     rankings = labeler.label(load_collection(src))
     if not rankings:
         raise DataError(f"{src}: no row has two distinct responses, so there is nothing to rank.")
     rows: list[Preference] = [p for r in rankings for p in r.pairs()] if pairs else list(rankings)
-    save_preferences(dst, rows)
+    tag = {} if name is None else {"labeler": name}
+    write_jsonl_atomic(dst, [{**row.to_json(), **tag} for row in rows])
     return len(rows)
 
 

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from reward_models.debias import COEF_LEARNING_RATE, make_covariate
 from reward_models.hf import load_tokenizer, refuse_pickled_code, resolve_device
 from reward_models.hf_model import (
     NORMALIZATION_FILE,
@@ -76,19 +77,21 @@ NAN_FIX = ("lower --learning-rate (with --no-resume, or a new --out: a checkpoin
 
 
 # ---- the loss ------------------------------------------------------------------------
-def ranking_loss(scores: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
+def ranking_loss(scores: torch.Tensor, sizes: Sequence[int], weights: Sequence[float] | None = None) -> torch.Tensor:
     """Bradley-Terry loss of a batch of rankings, each scored once.
 
     ``scores`` is ``(sum(sizes),)``: the responses of every ranking, best first. A ranking
-    contributes the mean of ``-log sigmoid(s_i - s_j)`` over its C(K, 2) pairs (i above j);
-    the batch loss is the mean over rankings, so a K-way ranking weighs as much as a pair.
+    contributes the mean of ``-log sigmoid(s_i - s_j)`` over its C(K, 2) pairs (i above j),
+    times its weight (a row's ``"weight"``, default 1; e.g. its labeler's reliability,
+    :mod:`reward_models.reliability`); the batch loss is the sum over rankings divided by
+    their number, so a K-way ranking weighs as much as a pair and weight 0 adds nothing.
     """
     hi, lo, weight, start = [], [], [], 0
-    for k in sizes:
+    for n, k in enumerate(sizes):
         for i, j in combinations(range(start, start + k), 2):
             hi.append(i)
             lo.append(j)
-            weight.append(1.0 / math.comb(k, 2))
+            weight.append((1.0 if weights is None else weights[n]) / math.comb(k, 2))
         start += k
     diff = scores[hi] - scores[lo]  # (P,) one entry per pair
     w = torch.tensor(weight, dtype=scores.dtype, device=scores.device)  # (P,)
@@ -151,6 +154,8 @@ def train_reward_model(config: RewardTrainConfig) -> RewardTrainResult:
     else:
         norm = Normalization(0.0, 1.0, "", 0.0, 0)
     _save_finished(out, run.model, run.tokenizer, norm, config)
+    if run.covariate is not None:  # the bias term that was fitted and dropped
+        write_json_atomic(out / "debias.json", {"debias": config.debias, **run.covariate.summary()})
     return RewardTrainResult(out, True, run.step, val, norm, seconds)
 
 
@@ -174,8 +179,13 @@ class _RewardRun:
         self.item_ids = _encode_items(self.tokenizer, train_items, self.max_length)
         self.steps_per_epoch = math.ceil(len(train_items) / config.batch_size)
         self.total_steps = config.num_train_epochs * self.steps_per_epoch
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learning_rate,
-                                           weight_decay=config.weight_decay)
+        # --debias: a bias term fitted jointly in the loss and dropped from the saved model (reward_models/debias.py).
+        self.covariate = make_covariate(config.debias, train_items)
+        groups = [{"params": list(self.model.parameters())}]
+        if self.covariate is not None:
+            self.covariate.to(resolve_device(config.device))
+            groups.append({"params": [self.covariate.coef], "lr": COEF_LEARNING_RATE, "weight_decay": 0.0})
+        self.optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay)
         total = self.total_steps
         decay = (lambda s: 1.0 - s / total) if config.lr_scheduler_type == "linear" else (lambda s: 1.0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, decay)
@@ -186,6 +196,8 @@ class _RewardRun:
             self.optimizer.load_state_dict(tensors["optimizer"])
             self.scheduler.load_state_dict(tensors["scheduler"])
             self.step, self.seconds_before = state["step"], state["seconds"]
+            if self.covariate is not None:
+                self.covariate.load_state_dict(tensors["covariate"])
 
     def _saved_state(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
         """The checkpoint of an interrupted run of the same training, or None to start afresh."""
@@ -225,6 +237,8 @@ class _RewardRun:
                     "lr": lr, "val_accuracy": "", "val_margin": "",
                     "seconds": round(self.seconds_before + time.monotonic() - started, 3),
                 }
+                if self.covariate is not None:
+                    row["length_coef"] = float(self.covariate.coef.detach())
                 if self.step == total or (config.eval_steps and self.step % config.eval_steps == 0):
                     val = self.evaluate()
                     if val is not None:
@@ -258,7 +272,12 @@ class _RewardRun:
         for m in range(0, len(batch), micro):
             part = batch[m : m + micro]
             s = sequence_scores(self.model, [ids for i in part for ids in self.item_ids[i]])  # (sum K,) best first
-            loss = ranking_loss(s, [len(self.item_ids[i]) for i in part]) * (len(part) / len(batch))
+            weights = [self.train_items[i].weight for i in part]
+            responses = [r for i in part for r in self.train_items[i].responses]
+            fit = s if self.covariate is None else s + self.covariate(responses)  # --debias: in the loss only
+            loss = ranking_loss(fit, [len(self.item_ids[i]) for i in part], weights) * (len(part) / len(batch))
+            if self.covariate is not None:  # ... and the kept score uncorrelated with length (ODIN)
+                loss = loss + self.covariate.penalty(s, responses) * (len(part) / len(batch))
             check_finite(s.detach().sum(), f"the sum of the {len(s)} scores", where, last_good, NAN_FIX)
             check_finite(loss.detach(), "the loss", where, last_good, NAN_FIX)
             loss.backward()
@@ -284,6 +303,8 @@ class _RewardRun:
     def _save_checkpoint(self, seconds: float) -> None:
         state = {"step": self.step, "seconds": seconds, "config": config_dict(self.config)}
         tensors = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        if self.covariate is not None:
+            tensors["covariate"] = self.covariate.state_dict()
         save_checkpoint(self.checkpoint, state, tensors, lambda folder: self.model.save_pretrained(folder / "model"))
 
 

@@ -18,7 +18,8 @@ class RewardTrainConfig:
     """Hugging Face folder or hub name to start from: a reward model, an encoder, or a causal LM
     (e.g. the SFT policy), whose backbone is kept and whose new score head is drawn from N(0, 1/sqrt(d+1))."""
     data: str
-    """Training preferences, JSONL: {"prompt", "chosen", "rejected"} or {"prompt", "responses": [best, ..., worst]}."""
+    """Training preferences, JSONL: {"prompt", "chosen", "rejected"} or {"prompt", "responses": [best, ..., worst]};
+    an optional "weight" per row scales its loss (e.g. from `rlhf-gym label reliability --out`)."""
     out: str
     """Output folder: the trained reward model (Hugging Face format), train_log.csv, and checkpoint/ while training."""
     val_data: str | None = None
@@ -66,6 +67,10 @@ class RewardTrainConfig:
     """Show a progress bar."""
     trust_remote_code: bool = False
     """Allow custom model code from the model folder."""
+    debias: Literal["length"] | None = None
+    """Remove a named bias while training: "length" fits r(x) + c * standardized length jointly in the loss, with
+    r kept uncorrelated with length, and saves only r (reward_models/debias.py; Chen et al. 2024, ODIN); c goes to
+    debias.json. None: off."""
 
     def __post_init__(self) -> None:
         positive = {"num_train_epochs": self.num_train_epochs, "batch_size": self.batch_size}
@@ -76,6 +81,8 @@ class RewardTrainConfig:
                 raise ValueError(f"RewardTrainConfig: {name}={value} must be >= 1.")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"RewardTrainConfig: val_fraction={self.val_fraction} must be in [0, 1).")
+        if self.debias not in (None, "length"):
+            raise ValueError(f"RewardTrainConfig: debias={self.debias!r}; the bias that can be removed is 'length'.")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"RewardTrainConfig: max_steps={self.max_steps} must be >= 1 (or None for no limit).")
 

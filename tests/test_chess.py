@@ -337,7 +337,7 @@ def test_learned_critic_is_the_default_and_needs_no_engine(monkeypatch, tmp_path
 
 def test_learned_critic_penalises_illegal_moves_and_is_deterministic():
     critic = LearnedCritic()
-    assert next(critic.model.model.parameters()).device == resolve_device("auto")  # device="auto" by default
+    assert next(critic.model.parameters()).device == resolve_device("auto")  # device="auto" by default
     fens = [chess.STARTING_FEN] * 5 + [QUEEN_ATTACKED] * 2
     moves = ["e2e4", "e2e5", "", "e2e4 ", "g1f3", "d5d8", "a7a6"]
     scores = critic.score(fens, moves)
@@ -353,7 +353,7 @@ def test_learned_critic_records_its_held_out_quality():
     meta = json.loads((chess_env.LEARNED_CRITIC / "critic.json").read_text())
     held_out = meta["held_out"]
     assert held_out["pairwise_accuracy"] > 0.6
-    assert held_out["top1_agreement"] > 1.5 * held_out["top1_chance"]
+    assert held_out["quiet"]["top1_agreement"] > 1.5 * held_out["quiet"]["top1_chance"]
     assert set(meta["calibration"]) == {"slope", "intercept"}
     with pytest.raises(FileNotFoundError, match="rlhf-gym chess-critic"):
         LearnedCritic(path="/nonexistent")
@@ -658,14 +658,15 @@ def test_shipped_policy_plays_legal_moves_under_masks():
 def test_critic_builder_end_to_end(tmp_path):
     from rlhf_gym.build.chess_critic import CriticBuildConfig, build_critic
 
-    config = CriticBuildConfig(out=str(tmp_path / "critic"), work=str(tmp_path / "work"), max_positions=40,
-                               depth=4, hidden_size=64, layers=2, heads=2, num_train_epochs=1, progress=False)
+    config = CriticBuildConfig(out=str(tmp_path / "critic"), work=str(tmp_path / "work"), max_positions=20,
+                               depth=4, hidden_size=64, layers=2, num_train_epochs=1, progress=False)
     meta = build_critic(config)
-    assert meta["rankings"]["train"] > 30 and 0.0 <= meta["held_out"]["pairwise_accuracy"] <= 1.0
+    assert meta["rankings"]["train"] > 15 and 0.0 <= meta["held_out"]["pairwise_accuracy"] <= 1.0
+    assert 0.0 <= meta["held_out"]["tactical"]["top1"] <= 1.0
     critic = LearnedCritic(tmp_path / "critic")
     scores = critic.score([chess.STARTING_FEN] * 2, ["e2e4", "e2e5"])
     assert 0.0 < scores[0] < 1.0 and scores[1] == -1.0
-    rows = [row for _, row in read_jsonl(tmp_path / "work" / "train_rankings.jsonl")]
+    rows = [row for _, row in read_jsonl(tmp_path / "work" / "tactical" / "rankings.jsonl")]
     assert all(row["scores"] == sorted(row["scores"], reverse=True) for row in rows)
     assert build_critic(config)["rankings"] == meta["rankings"]  # labels reused, same data
 

@@ -1,10 +1,12 @@
-"""Command line for the labeling page: ``serve``, ``export``, ``agreement``.
+"""Command line for the labeling page: ``serve``, ``export``, ``agreement``, ``reliability``.
 
 Examples::
 
     python -m reward_models.labeling serve --items collection.jsonl --db labels.sqlite --mode rank
+    python -m reward_models.labeling serve --db labels.sqlite --order active --reward-model runs/rm
     python -m reward_models.labeling export --db labels.sqlite --out preferences.jsonl
     python -m reward_models.labeling agreement --db labels.sqlite
+    python -m reward_models.labeling reliability --db labels.sqlite --out weighted.jsonl
 """
 
 from __future__ import annotations
@@ -20,7 +22,15 @@ from pathlib import Path
 from reward_models.labeling.agreement import AgreementReport
 from reward_models.labeling.server import LabelingServer
 from reward_models.labeling.store import MODES, LabelStore
+from reward_models.reliability import (
+    estimate_reliability,
+    file_judgements,
+    format_reliability,
+    row_judgements,
+    weighted_rows,
+)
 from rlhf_common.config_cli import run_command
+from rlhf_common.io import write_jsonl_atomic
 
 TOKEN_ENV = "RLHF_GYM_LABEL_TOKEN"
 
@@ -51,6 +61,10 @@ def cli(argv: list[str] | None = None) -> int:
     serve.add_argument(
         "--token", default=os.environ.get(TOKEN_ENV), help=f"access token required on API calls (default: ${TOKEN_ENV})"
     )
+    serve.add_argument("--order", choices=("import", "active"), default="import", help="import: items in import "
+                       "order (default); active: the item a label would teach --reward-model most first")
+    serve.add_argument("--reward-model", type=Path, nargs="+", help="reward model folder(s) scoring the items for "
+                       "--order active: one is ordered by Bradley-Terry entropy, several (an ensemble) by BALD")
 
     export = sub.add_parser("export", help="write the labels as preference JSONL")
     export.add_argument("--db", type=Path, required=True)
@@ -59,9 +73,46 @@ def cli(argv: list[str] | None = None) -> int:
     agreement = sub.add_parser("agreement", help="print inter-labeler agreement")
     agreement.add_argument("--db", type=Path, required=True)
     agreement.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _reliability_parser(sub)
 
     args = parser.parse_args(argv)
-    return run_command("rlhf-gym label", lambda: _serve(args) if args.command == "serve" else _read(args))
+    return run_command("rlhf-gym label", lambda: {"serve": _serve, "reliability": _reliability}.get(
+        args.command, _read)(args))
+
+
+def _reliability_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("reliability", help="estimate each labeler's flip rate; write reliability-weighted labels")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--db", type=Path, help="labeling database")
+    source.add_argument("--labels", type=Path, help="preference JSONL whose rows carry 'labeler' (e.g. an export)")
+    p.add_argument("--tokenizer", help="tokenizer to render conversational rows of --labels (the reward model's)")
+    p.add_argument("--out", type=Path, help="write the labels as preference JSONL with each row's 'weight' set to "
+                   "its labeler's weight (times any weight it had), for `rlhf-gym train-rm`")
+    p.add_argument("--reverse-adversarial", action="store_true", help="reverse the labels of labelers with a flip "
+                   "rate above 0.5 (with --per-label: labels whose posterior is below 0.5) and weight them by "
+                   "|1 - 2f| (|2P - 1|), instead of dropping them (weight 0)")
+    p.add_argument("--per-label", action="store_true", help="weight each label by the posterior probability that its "
+                   "order is right (its labeler's reliability against the other labels of the same pairs), "
+                   "2 P - 1, instead of by its labeler's weight")
+    p.add_argument("--bootstrap", type=int, default=100, help="item resamples for the standard errors (default 100)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the bootstrap")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _reliability(args: argparse.Namespace) -> None:
+    """``reliability``: Dawid-Skene flip rates of a database's or a file's labelers, and weighted labels."""
+    if args.db is not None:
+        with LabelStore(args.db, create=False) as store:
+            rows = text_rows = store.export_rows()
+    else:
+        from reward_models.hf import load_tokenizer
+
+        text_rows, rows = file_judgements(args.labels, load_tokenizer(args.tokenizer) if args.tokenizer else None)
+    report = estimate_reliability(row_judgements(text_rows), args.bootstrap, args.seed, args.reverse_adversarial)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else format_reliability(report))
+    if args.out is not None:
+        write_jsonl_atomic(args.out, weighted_rows(rows, report, args.per_label, text_rows))
+        print(f"wrote {len(rows)} reliability-weighted preference rows to {args.out}", file=sys.stderr)
 
 
 def _read(args: argparse.Namespace) -> None:
@@ -71,12 +122,18 @@ def _read(args: argparse.Namespace) -> None:
             n, mode = store.export_jsonl(args.out), store.mode()
             print(f"wrote {n} preference rows to {args.out} ({f'{mode} mode' if mode else 'no labels yet'})")
         elif args.json:
-            print(json.dumps(store.agreement().to_dict(), indent=2))
+            print(json.dumps({**store.agreement().to_dict(), "reliability": store.reliability().to_dict()}, indent=2))
         else:
-            print(format_agreement(store.agreement()))
+            print(format_agreement(store.agreement()) + "\n\n" + format_reliability(store.reliability()))
 
 
 def _serve(args: argparse.Namespace) -> None:
+    if (args.order == "active") != bool(args.reward_model):
+        raise ValueError("--order active needs --reward-model PATH [PATH ...] (a folder saved by `rlhf-gym train-rm`), "
+                         "and --reward-model is only read with --order active; pass both or neither.")
+    for path in args.reward_model or ():
+        if not path.is_dir():
+            raise FileNotFoundError(f"--reward-model {path}: no such folder; pass one saved by `rlhf-gym train-rm`.")
     with LabelStore(args.db) as store:
         if args.items is not None:
             result = store.import_items(args.items)
@@ -87,6 +144,13 @@ def _serve(args: argparse.Namespace) -> None:
                     + ", ".join(result.too_few[:5])
                     + (", ..." if len(result.too_few) > 5 else "")
                 )
+        if args.order == "active":
+            from reward_models.active import default_criterion, informative_first
+            from reward_models.hf_model import HFRewardModel
+
+            store.order_items(informative_first([HFRewardModel(path) for path in args.reward_model]))
+            print(f"serving the most informative items first ({default_criterion(len(args.reward_model))} under "
+                  f"{len(args.reward_model)} reward model(s)); restart with a retrained model to reorder")
         mode = args.mode or store.mode() or "rank"
         try:
             server = LabelingServer(store, mode, args.host, args.port, args.token)

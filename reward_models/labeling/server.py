@@ -7,7 +7,8 @@ API (JSON; with a token set, send it as ``X-Token`` header or ``?token=``):
   (best mode: ``[best index]``); committed to SQLite before the 200 is sent.
   Labeling an item again replaces the earlier label (``"replaced": true``).
 - ``POST /api/skip`` ``{"item_id", "labeler"}``: the item comes back after the others.
-- ``GET /api/progress[?labeler=NAME]``, ``GET /api/agreement``.
+- ``GET /api/progress[?labeler=NAME]`` (labels per labeler and each one's estimated flip rate,
+  :mod:`reward_models.reliability`), ``GET /api/agreement``.
 - ``GET /api/export``: the preference JSONL (see :meth:`LabelStore.export_rows`).
 
 Bad requests get a 4xx with ``{"error": "..."}``. Model text is only ever placed
@@ -275,7 +276,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _progress(self, query: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
         store = self.server.store
-        result: dict[str, Any] = {"total": store.count_items(), "labelers": store.progress()}
+        result: dict[str, Any] = {"total": store.count_items(), "labelers": store.progress(),
+                                  "reliability": store.reliability().to_dict()}
         if "labeler" in query:
             labeler = check_labeler(query["labeler"])
             result.update(labeler=labeler, labeled=store.labeled_count(labeler))

@@ -13,13 +13,14 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from reward_models.labeling.agreement import AgreementReport, pairwise_agreement
+from reward_models.reliability import ReliabilityReport, estimate_reliability, row_judgements
 from rlhf_common.io import DataError, describe_keys, read_jsonl, require_str, write_jsonl_atomic
 
 Mode = Literal["rank", "best"]
@@ -48,6 +49,7 @@ CREATE TABLE IF NOT EXISTS skips (
     skipped_at REAL NOT NULL,
     PRIMARY KEY (item_id, labeler)
 );
+CREATE TEMP TABLE IF NOT EXISTS item_order (item_id INTEGER PRIMARY KEY, position INTEGER NOT NULL);  -- order_items
 """
 
 
@@ -280,20 +282,27 @@ class LabelStore:
     def next_item(self, labeler: str) -> tuple[Item, bool] | None:
         """The next item ``labeler`` has not labeled, and whether they skipped it before.
 
-        Items come in import order; skipped ones come back after all others,
+        Items come in import order (or :meth:`order_items`'s); skipped ones come back after all others,
         oldest skip first. ``None`` once the labeler has labeled every item.
         """
         rows = self._query(
             """SELECT i.id, i.prompt, i.responses, s.skipped_at IS NOT NULL FROM items i
-               LEFT JOIN skips s ON s.item_id = i.id AND s.labeler = ?
+               LEFT JOIN skips s ON s.item_id = i.id AND s.labeler = ? LEFT JOIN item_order o ON o.item_id = i.id
                WHERE NOT EXISTS (SELECT 1 FROM labels l WHERE l.item_id = i.id AND l.labeler = ?)
-               ORDER BY s.skipped_at IS NOT NULL, s.skipped_at, i.id LIMIT 1""",
+               ORDER BY s.skipped_at IS NOT NULL, s.skipped_at, o.position, i.id LIMIT 1""",
             (labeler, labeler),
         )
         if not rows:
             return None
         item_id, prompt, responses, skipped = rows[0]
         return Item(item_id, prompt, json.loads(responses)), bool(skipped)
+
+    def order_items(self, order: Callable[[list[Item]], list[int]]) -> None:
+        """Serve items in the order ``order(every item)`` returns (item ids, first served first) while open."""
+        items = [Item(i, p, json.loads(r)) for i, p, r in self._query("SELECT id, prompt, responses FROM items")]
+        with self._transaction() as db:
+            db.execute("DELETE FROM item_order")
+            db.executemany("INSERT INTO item_order (position, item_id) VALUES (?, ?)", enumerate(order(items)))
 
     def add_label(self, item_id: int, labeler: str, ranking: object, mode: Mode) -> bool:
         """Validate and commit one label; return whether it replaced an earlier one.
@@ -352,6 +361,10 @@ class LabelStore:
     def agreement(self) -> AgreementReport:
         """Pairwise agreement between labelers over items labeled by several of them."""
         return pairwise_agreement((item.id, who, ranking, len(item.responses)) for item, who, ranking in self.labels())
+
+    def reliability(self, bootstrap: int = 100, reverse_adversarial: bool = False, seed: int = 0) -> ReliabilityReport:
+        """Each labeler's flip rate from the pairs several labelers ordered (:mod:`reward_models.reliability`)."""
+        return estimate_reliability(row_judgements(self.export_rows()), bootstrap, seed, reverse_adversarial)
 
     def export_rows(self) -> list[dict[str, Any]]:
         """Preference rows the reward-model trainer reads.

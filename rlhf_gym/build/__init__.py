@@ -4,6 +4,7 @@
   policy, prompts and reward model (``text_env/assets/default/``), with
   :mod:`~rlhf_gym.build.corpus` and :mod:`~rlhf_gym.build.model_card`;
 * :mod:`rlhf_gym.build.chess_positions` (``rlhf-gym chess-positions``): the chess position sets;
+* :mod:`rlhf_gym.build.chess_tactics` (``rlhf-gym chess-tactics``): the tactical chess position sets;
 * :mod:`rlhf_gym.build.chess_critic` (``rlhf-gym chess-critic``): the learned chess critic;
 * :mod:`rlhf_gym.build.chess_policy` (``rlhf-gym chess-policy``): the default chess policy.
 

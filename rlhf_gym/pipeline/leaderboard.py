@@ -26,7 +26,7 @@ from rlhf_gym.pipeline.config import RESUMABLE_CHANGES, PipelineConfig
 from rlhf_gym.pipeline.layout import RunLayout
 from rlhf_gym.pipeline.report import BEST_OF_N_COLOR, agent_color, save_figure, summary_rows, write_csv
 
-__all__ = ["LeaderboardConfig", "cli", "leaderboard_rows", "run_leaderboard"]
+__all__ = ["LeaderboardConfig", "cli", "leaderboard_rows", "mean_se", "run_leaderboard"]
 
 COLUMNS = ("gold_gain", "proxy_gain", "kl", "response_length", "gain_ratio", "train_seconds", "train_episodes")
 """The pooled columns: gains are over the SFT reference of the same seed."""
@@ -63,7 +63,7 @@ class LeaderboardConfig(PipelineConfig):
         return PipelineConfig(**{**fields, "seed": seed, "out": str(Path(self.out) / f"seed{seed}")})
 
 
-def _mean_se(values: Sequence[float]) -> tuple[float, float]:
+def mean_se(values: Sequence[float]) -> tuple[float, float]:
     """Mean and standard error of the mean (0 for a single value)."""
     mean = statistics.fmean(values)
     return mean, (statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0)
@@ -88,7 +88,7 @@ def leaderboard_rows(root: str | Path, seeds: Sequence[int], agents: Sequence[st
         out: dict[str, Any] = {"policy": policy, "seeds": len(rows)}
         for col in COLUMNS:
             values = [float(r[col]) for r in rows if r.get(col) is not None]
-            out[col], out[f"{col}_se"] = _mean_se(values) if values else (None, None)
+            out[col], out[f"{col}_se"] = mean_se(values) if values else (None, None)
             out[f"{col}_seeds"] = len(values)
         pooled[policy] = out
     references = [r for r in pooled.values() if r["train_episodes"] == 0]  # SFT and best-of-n

@@ -9,11 +9,12 @@ the position's legal moves.
 Modules: :mod:`~text_env.chess.positions` (the shipped assets, FEN prompts),
 :mod:`~text_env.chess.moves` (UCI moves, the tokenizer, legal-move masks),
 :mod:`~text_env.chess.engine` (the Stockfish process, Lichess's formulas),
+:mod:`~text_env.chess.features` (how the learned critic sees a move),
 :mod:`~text_env.chess.critics` (the move critics), :mod:`~text_env.chess.env` (the task
 and the registered env factories), :mod:`~text_env.chess.game` (ChessGame-v0: the same task
 with Stockfish answering each move) and :mod:`~text_env.chess.grading` (grading policies
 with Stockfish). The shipped assets are rebuilt by ``rlhf-gym chess-positions``,
-``rlhf-gym chess-critic`` and ``rlhf-gym chess-policy`` (:mod:`rlhf_gym.build`).
+``rlhf-gym chess-tactics``, ``rlhf-gym chess-critic`` and ``rlhf-gym chess-policy`` (:mod:`rlhf_gym.build`).
 """
 
 from text_env.chess.critics import ILLEGAL_SCORE, UNSCORED, LearnedCritic, StockfishCritic, make_critic
@@ -57,7 +58,6 @@ from text_env.chess.moves import (
     MOVE_CHARS,
     LegalMoveMask,
     chess_tokenizer,
-    critic_text,
     is_legal_move,
     legal_moves,
     move_info,
@@ -67,8 +67,10 @@ from text_env.chess.positions import (
     CHESS_POLICY,
     CRITIC_META_FILE,
     EVAL_POSITIONS,
+    EVAL_TACTICAL_POSITIONS,
     LEARNED_CRITIC,
     POLICY_META_FILE,
+    TACTICAL_POSITIONS,
     TRAIN_POSITIONS,
     load_positions,
     parse_position,
@@ -81,6 +83,7 @@ __all__ = [
     "CP_CLIP",
     "CRITIC_META_FILE",
     "EVAL_POSITIONS",
+    "EVAL_TACTICAL_POSITIONS",
     "ILLEGAL_SCORE",
     "LEARNED_CRITIC",
     "LICHESS_WIN_SLOPE",
@@ -88,6 +91,7 @@ __all__ = [
     "MAX_MOVE_CHARS",
     "MOVE_CHARS",
     "POLICY_META_FILE",
+    "TACTICAL_POSITIONS",
     "TRAIN_POSITIONS",
     "UNSCORED",
     "Agreement",
@@ -105,7 +109,6 @@ __all__ = [
     "clipped_cp",
     "close_engine",
     "critic_agreement",
-    "critic_text",
     "find_stockfish",
     "grade_games",
     "grade_moves",

@@ -27,11 +27,14 @@ from text_env.chess.engine import (
     move_accuracy,
     win_probability,
 )
-from text_env.chess.moves import critic_text, is_legal_move
+from text_env.chess.features import FEATURE_SIZE, features_of
+from text_env.chess.moves import is_legal_move
 from text_env.chess.positions import CRITIC_META_FILE, LEARNED_CRITIC
 
 ILLEGAL_SCORE = -1.0
 """Default score of an illegal or unparseable move: one below the worst legal score (0)."""
+MODEL_FILE = "model.safetensors"
+"""The learned critic's weights beside ``critic.json``."""
 UNSCORED = FunctionRewardModel(lambda fen, move: 0.0, name="unscored")
 """A critic scoring every move 0: for envs played only to grade the moves afterwards, or a result-only reward."""
 
@@ -177,19 +180,35 @@ class StockfishCritic:
         cache[key] = value
 
 
+def move_scorer(input_size: int, hidden_size: int, layers: int) -> Any:
+    """The learned critic's network: an MLP from a move's features to one raw Bradley-Terry score.
+
+    ``layers`` hidden layers of ``hidden_size`` units with ReLU, then a linear score; weights are
+    initialised by torch's global generator (seed it first). Torch is imported here, so that only
+    a used learned critic loads it.
+    """
+    import torch
+
+    sizes = [input_size] + [hidden_size] * layers
+    blocks: list[torch.nn.Module] = []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True):
+        blocks += [torch.nn.Linear(n_in, n_out), torch.nn.ReLU()]
+    return torch.nn.Sequential(*blocks, torch.nn.Linear(sizes[-1], 1))
+
+
 class LearnedCritic:
     """Scores chess moves with a reward model trained on Stockfish-labelled move rankings; no engine needed.
 
-    The reward model (a small Hugging Face ``AutoModelForSequenceClassification`` built and
-    trained by ``rlhf-gym chess-critic``) reads each legal move as :func:`~text_env.chess.moves.critic_text`
-    (as the response to an empty prompt) and gives a raw Bradley-Terry score ``s``;
-    ``critic.json`` beside it holds a calibration ``sigmoid(slope * s + intercept)`` fitted
-    to the Stockfish critic's scores on held-out positions, so scores are on the Stockfish
-    critic's [0, 1] scale.
-    Illegal or unparseable moves score ``illegal_score`` (default -1).
+    The reward model (built and trained by ``rlhf-gym chess-critic``) is a small MLP
+    (:func:`move_scorer`) over each legal move's features (:func:`~text_env.chess.features.move_features`:
+    the board after the move from the mover's side, attack maps, the move, and exchange, threat
+    and mate features) giving a raw Bradley-Terry score ``s``; ``critic.json`` beside its
+    weights holds the network's shape and a calibration ``sigmoid(slope * s + intercept)``
+    fitted to the Stockfish critic's scores on held-out positions, so scores are on the
+    Stockfish critic's [0, 1] scale. Illegal or unparseable moves score ``illegal_score`` (default -1).
 
     Args:
-        path: folder holding the reward model and ``critic.json`` (default: the shipped one).
+        path: folder holding ``model.safetensors`` and ``critic.json`` (default: the shipped one).
         device: ``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda:1"``...
         batch_size: moves per forward pass.
         illegal_score: score of an illegal or unparseable move.
@@ -199,7 +218,7 @@ class LearnedCritic:
         self,
         path: str | os.PathLike[str] = LEARNED_CRITIC,
         device: str = "auto",
-        batch_size: int = 64,
+        batch_size: int = 256,
         illegal_score: float = ILLEGAL_SCORE,
     ) -> None:
         meta_file = Path(path) / CRITIC_META_FILE
@@ -208,11 +227,23 @@ class LearnedCritic:
                 f"{meta_file} does not exist, so {str(path)!r} holds no learned chess critic; build it with "
                 "`rlhf-gym chess-critic` (needs Stockfish) or pass critic='stockfish'."
             )
-        from reward_models.hf_model import HFRewardModel  # torch loads only when this critic is used
+        from safetensors.torch import load_file  # torch loads only when this critic is used
 
-        calibration = json.loads(meta_file.read_text())["calibration"]
-        self.slope, self.intercept = float(calibration["slope"]), float(calibration["intercept"])
-        self.model = HFRewardModel(path, device=device, batch_size=batch_size)
+        from reward_models.hf import resolve_device
+
+        meta = json.loads(meta_file.read_text())
+        network = meta.get("network", {})
+        if network.get("features") != FEATURE_SIZE:
+            raise ValueError(
+                f"{meta_file}: the critic was trained on {network.get('features')} features per move, but "
+                f"text_env.chess.features gives {FEATURE_SIZE}; rebuild it with `rlhf-gym chess-critic`."
+            )
+        self.slope, self.intercept = float(meta["calibration"]["slope"]), float(meta["calibration"]["intercept"])
+        self.device = resolve_device(device)
+        self.model = move_scorer(FEATURE_SIZE, network["hidden_size"], network["layers"])
+        self.model.load_state_dict(load_file(Path(path) / MODEL_FILE))
+        self.model.to(self.device).eval()
+        self.batch_size = batch_size
         self.illegal_score = float(illegal_score)
         self.path = str(path)
 
@@ -223,9 +254,20 @@ class LearnedCritic:
         out = np.full(len(prompts), self.illegal_score, dtype=np.float64)
         legal = [i for i, (fen, move) in enumerate(zip(prompts, responses, strict=True)) if is_legal_move(fen, move)]
         if legal:
-            raw = self.model.score([""] * len(legal), [critic_text(prompts[i], responses[i]) for i in legal])
+            raw = self.raw_scores(features_of([prompts[i] for i in legal], [responses[i] for i in legal]))
             out[legal] = 1.0 / (1.0 + np.exp(-(self.slope * raw + self.intercept)))
         return out
+
+    def raw_scores(self, features: np.ndarray) -> np.ndarray:
+        """The network's raw scores of a ``(moves, FEATURE_SIZE)`` feature array (before calibration)."""
+        import torch
+
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(features), self.batch_size):
+                batch = torch.as_tensor(features[start : start + self.batch_size], device=self.device)
+                out.append(self.model(batch).squeeze(-1).double().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros(0)
 
     def __repr__(self) -> str:
         return f"LearnedCritic({self.path!r})"

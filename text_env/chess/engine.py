@@ -63,13 +63,15 @@ def find_stockfish(
     return path
 
 
-def open_engine(path: str, timeout: float = 10.0, hash_mb: int = 16) -> chess.engine.SimpleEngine:
+def open_engine(path: str, timeout: float = 60.0, hash_mb: int = 16) -> chess.engine.SimpleEngine:
     """Start a one-thread UCI engine whose background thread never blocks interpreter exit.
 
     ``SimpleEngine`` runs its event loop in a thread that inherits the daemon flag of the
     thread that starts it. Python joins non-daemon threads *before* ``atexit`` handlers
     (where ``weakref.finalize`` quits the engine), so an engine started from the main thread
     and never closed hangs the interpreter at exit; starting it from a daemon thread avoids that.
+    ``timeout`` bounds the engine's start-up handshake: 60 s, since loading its network on a
+    loaded machine took over 10 s (python-chess's default).
     """
     box: dict[str, Any] = {}
 
@@ -124,7 +126,8 @@ class EngineProcess:
         """``call(engine)`` on the running engine; ``what`` (e.g. "on FEN with limit L") names it in errors."""
         with self._lock:
             if self._engine is None:
-                self._engine = open_engine(self.path, timeout=self.timeout, hash_mb=self.hash_mb)
+                # Start-up has its own, longer bound (open_engine); ``timeout`` bounds each call.
+                self._engine = open_engine(self.path, hash_mb=self.hash_mb)
                 self._finalizer = weakref.finalize(self, close_engine, self._engine)
             try:
                 return call(self._engine)

@@ -91,7 +91,8 @@ def make_chess_env(
       `1 / (1 + exp(-0.00368208 * cp))` of Stockfish's evaluation (mate: 1 or 0). The
       engine's best move scores 1, a lost piece ~0.3, a lost queen ~0.1.
     * `"learned"` (default): the shipped reward model's estimate of that score, in (0, 1);
-      it agrees with Stockfish on 72% of held-out move pairs (`critic.json`).
+      it agrees with Stockfish on 82% of held-out move pairs and picks Stockfish's best move in 73% of
+      held-out tactical positions (`critic.json`).
     * An illegal or unparseable move (only possible with `mask_illegal=False`) scores
       `illegal_score`, default -1: one below the worst legal move.
 

@@ -1,4 +1,4 @@
-"""UCI moves as text: the chess tokenizer, legal moves, the learned critic's move text, legal-move masks."""
+"""UCI moves as text: the chess tokenizer, legal moves, legal-move masks."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
-import chess
 import numpy as np
 from transformers import PreTrainedTokenizerFast
 
@@ -44,30 +43,6 @@ def move_info(fen: str, move: str) -> dict[str, bool]:
     return {"legal": is_legal_move(fen, move)}
 
 
-def critic_text(fen: str, move: str) -> str:
-    """How the learned critic reads a legal move: the board after it, castling rights, the move.
-
-    A move's quality within a position is the value of the position it leads to, so the
-    reward model reads that board rather than having to play the move itself. When Black
-    moved, board and move are mirrored (ranks flipped, colours swapped) so the mover is
-    always uppercase. Empty squares are written ``1`` one by one, so each square has a fixed
-    character offset. Only the chess alphabet is used.
-
-    Example:
-        >>> critic_text(chess.STARTING_FEN, "e2e4")
-        'rnbqkbnr/pppppppp/11111111/11111111/1111P111/11111111/PPPP1PPP/RNBQKBNR KQkq e2e4'
-    """
-    board = chess.Board(fen)
-    mv = chess.Move.from_uci(move)
-    black_moved = board.turn == chess.BLACK
-    board.push(mv)
-    if black_moved:
-        board = board.mirror()
-        mv = chess.Move(chess.square_mirror(mv.from_square), chess.square_mirror(mv.to_square), mv.promotion)
-    rows = "".join("1" * int(c) if c.isdigit() else c for c in board.board_fen())
-    return f"{rows} {board.castling_xfen()} {mv.uci()}"
-
-
 class LegalMoveMask:
     """Action-mask rule: only tokens that keep the response on the way to a legal UCI move.
 
@@ -77,6 +52,7 @@ class LegalMoveMask:
     starts with (possible only when the env did not enforce the mask) allows EOS alone.
 
     Example:
+        >>> import chess
         >>> rule = LegalMoveMask(chess_tokenizer())
         >>> tok = rule.tokenizer
         >>> start = chess.STARTING_FEN

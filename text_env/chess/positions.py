@@ -1,8 +1,9 @@
 """The chess task's shipped assets and its prompts: FEN positions, checked and loaded.
 
 The assets live in ``text_env/assets/chess/`` and are rebuilt by ``rlhf-gym chess-positions``
-(the position sets), ``rlhf-gym chess-critic`` (the learned critic) and ``rlhf-gym chess-policy``
-(the default policy); the builders are in :mod:`rlhf_gym.build`.
+(the quiet position sets), ``rlhf-gym chess-tactics`` (the tactical ones), ``rlhf-gym chess-critic``
+(the learned critic) and ``rlhf-gym chess-policy`` (the default policy); the builders are in
+:mod:`rlhf_gym.build`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ TRAIN_POSITIONS = ASSETS / "positions.jsonl"
 """Shipped training positions (the default prompt source)."""
 EVAL_POSITIONS = ASSETS / "eval_positions.jsonl"
 """Shipped held-out positions, disjoint from the training ones."""
+TACTICAL_POSITIONS = ASSETS / "tactical_positions.jsonl"
+"""Shipped tactical training positions (``rlhf-gym chess-tactics``): one move beats the rest by >= 200 cp."""
+EVAL_TACTICAL_POSITIONS = ASSETS / "eval_tactical_positions.jsonl"
+"""Shipped tactical held-out positions, from games never used for training, disjoint from every other set."""
 LEARNED_CRITIC = ASSETS / "critic"
 """Shipped learned critic: a Hugging Face reward model folder plus ``critic.json`` (calibration, metrics)."""
 CRITIC_META_FILE = "critic.json"

@@ -55,6 +55,26 @@ function showProgress(labeled, total) {
   $("progress").textContent = `${state.labeler}: ${labeled} of ${total} labeled`;
 }
 
+// Every labeler's estimated flip rate (GET /api/progress), as text cells only.
+async function showReliability() {
+  const data = await api("/api/progress");
+  const rows = data.reliability.labelers.map((r) => {
+    const tr = document.createElement("tr");
+    const flip = r.flip_rate === null ? "-" : r.flip_rate.toFixed(3) + (r.se === null ? "" : ` ± ${r.se.toFixed(3)}`);
+    const labels = Object.hasOwn(data.labelers, r.labeler) ? data.labelers[r.labeler] : 0;
+    const cells = [r.labeler, String(labels), flip + (r.adversarial ? " (adversarial)" : ""),
+      r.weight.toFixed(2)];
+    for (const text of cells) {
+      const td = document.createElement("td");
+      td.textContent = text;
+      tr.append(td);
+    }
+    return tr;
+  });
+  $("reliability").replaceChildren(...rows);
+  $("reliability-box").hidden = rows.length === 0;
+}
+
 function render() {
   const ranking = label();
   for (const li of $("responses").children) {
@@ -121,6 +141,7 @@ async function loadNext() {
       ? "pick the best response (or click it)"
       : "pick responses from best to worst (or click them); picking a ranked one again removes it";
     showProgress(data.labeled, data.total);
+    if (data.labeled % 10 === 0 || $("reliability-box").hidden) showReliability().catch(() => {});
     $("work").hidden = data.item === null;
     $("done").hidden = data.item !== null;
     if (data.item === null) {
