@@ -165,7 +165,7 @@ def test_non_finite_reward_model_scores_stop_training_and_keep_the_checkpoint(rm
 
 
 def test_reward_model_cli_reports_a_non_finite_loss_without_a_traceback(rm_work, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(train_module, "ranking_loss", lambda scores, sizes: scores.sum() * math.nan)
+    monkeypatch.setattr(train_module, "ranking_loss", lambda scores, sizes, weights=None: scores.sum() * math.nan)
     code = train_module.cli(["--model", str(rm_work / "base"), "--data", str(rm_work / "train.jsonl"),
                              "--out", str(tmp_path / "rm"), "--no-progress"])
     assert code == 1
