@@ -74,8 +74,8 @@ class ActiveStudyConfig:
     """Heads fit to bootstraps of the labels, whose disagreement the criterion reads (1: the head alone)."""
     l2: float = 0.01
     """L2 penalty on the head's weights (features standardized)."""
-    seeds: int = 3
-    """Seeds 0..seeds-1: each draws the initial items, the bootstraps and the random arm's picks."""
+    num_seeds: int = 3
+    """Seeds 0..num_seeds-1: each draws the initial items, the bootstraps and the random arm's picks."""
     seed: int = 0
     """Seeds sampling and the simulated labelers (the same for every study seed)."""
     num_threads: int | None = 1
@@ -86,7 +86,7 @@ class ActiveStudyConfig:
     def __post_init__(self) -> None:
         if self.criterion not in CRITERIA:
             raise ValueError(f"--criterion {self.criterion!r}: choose one of {', '.join(CRITERIA)}.")
-        for name in ("initial_labels", "labels_per_round", "ensemble_size", "seeds", "rm_prompts"):
+        for name in ("initial_labels", "labels_per_round", "ensemble_size", "num_seeds", "rm_prompts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)} must be >= 1.")
         if self.max_labels < self.initial_labels:
@@ -246,7 +246,7 @@ def run_active_study(config: ActiveStudyConfig) -> dict[str, Any]:
     pool = build_pool(config, work)
     curves_file = work / "curves.csv"
     done = _read_curves(curves_file)
-    for seed in range(config.seeds):
+    for seed in range(config.num_seeds):
         for arm in ARMS:
             if not any(r["arm"] == arm and r["seed"] == seed for r in done):
                 done += run_arm(config, pool, arm, seed)
@@ -261,7 +261,7 @@ def run_active_study(config: ActiveStudyConfig) -> dict[str, Any]:
         "saving_at_other_thresholds": {f"{t:.3f}": _label_cost(done, config, t)[2] for t in
                                        np.round(config.threshold + np.array([-0.01, -0.005, 0.005]), 3)},
         "arm_seconds": {arm: round(sum(max(r["seconds"] for r in done if r["arm"] == arm and r["seed"] == s)
-                                       for s in range(config.seeds)), 1) for arm in ARMS},
+                                       for s in range(config.num_seeds)), 1) for arm in ARMS},
         "seconds": round(time.monotonic() - started, 1),
     }
     write_json_atomic(work / "results.json", results)
@@ -275,7 +275,7 @@ def _label_cost(rows: list[dict[str, Any]], config: ActiveStudyConfig,
                 threshold: float) -> tuple[dict[str, list[int | None]], dict[str, float | None], float | None]:
     """Labels to ``threshold`` per arm and seed, their mean per arm (None if a seed never got there), the saving."""
     per_seed = {arm: [labels_to_threshold([r for r in rows if r["arm"] == arm and r["seed"] == s], threshold)
-                      for s in range(config.seeds)] for arm in ARMS}
+                      for s in range(config.num_seeds)] for arm in ARMS}
     means = {arm: (float(np.mean(v)) if None not in v else None) for arm, v in per_seed.items()}
     saving = round(1 - means["active"] / means["random"], 3) if None not in means.values() else None
     return per_seed, means, saving
@@ -301,8 +301,8 @@ def results_markdown(results: dict[str, Any]) -> str:
     cfg, per_seed = results["config"], results["labels_to_threshold"]
     top = cfg["max_labels"]
     cell = lambda n: f"> {top:,}" if n is None else f"{n:,}"  # noqa: E731
-    lines = [f"| selection | {' | '.join(f'seed {s}' for s in range(cfg['seeds']))} | mean |",
-             "|---" * (cfg["seeds"] + 2) + "|"]
+    lines = [f"| selection | {' | '.join(f'seed {s}' for s in range(cfg['num_seeds']))} | mean |",
+             "|---" * (cfg["num_seeds"] + 2) + "|"]
     for arm in ARMS:
         name = f"active ({cfg['criterion']}, {cfg['ensemble_size']} heads)" if arm == "active" else "random"
         mean = results["mean_labels_to_threshold"][arm]
@@ -328,13 +328,14 @@ def plot_curves(path: Path, rows: list[dict[str, Any]], config: ActiveStudyConfi
     for ax, key, title in ((axes[0], "accuracy", "vs a simulated labeler"), (axes[1], "gold_accuracy",
                                                                                "vs the noise-free gold order")):
         for arm, color in zip(ARMS, ("tab:gray", "tab:blue"), strict=True):
-            by_seed = [[r for r in rows if r["arm"] == arm and r["seed"] == s] for s in range(config.seeds)]
+            by_seed = [[r for r in rows if r["arm"] == arm and r["seed"] == s] for s in range(config.num_seeds)]
             for curve in by_seed:
                 ax.plot([r["labels"] for r in curve], [r[key] for r in curve], color=color, alpha=0.25, linewidth=1)
             n = min(len(c) for c in by_seed)
             label = f"active ({config.criterion})" if arm == "active" else "random"
             ax.plot([r["labels"] for r in by_seed[0][:n]], np.mean([[r[key] for r in c[:n]] for c in by_seed], axis=0),
-                    color=color, linewidth=2, marker="o", markersize=3, label=f"{label}: mean of {config.seeds} seeds")
+                    color=color, linewidth=2, marker="o", markersize=3,
+                    label=f"{label}: mean of {config.num_seeds} seeds")
         if key == "accuracy":
             ax.axhline(config.threshold, color="black", linestyle="--", linewidth=1,
                        label=f"threshold {config.threshold}")

@@ -53,7 +53,7 @@ class ReliabilityStudyConfig:
 
     out: str = "runs/feedback_reliability"
     """Study folder: samples, results.json and results.md. Re-running resumes."""
-    n_prompts: int = 400
+    rm_prompts: int = 400
     """Training items: openings of training fortunes, num_generations SFT samples each."""
     n_heldout_prompts: int = 300
     """Evaluation prompts whose SFT samples measure the reward models against the gold order."""
@@ -69,7 +69,7 @@ class ReliabilityStudyConfig:
     """The adversary's reversal probability (adversarial panel)."""
     labeler_temperature: float = 0.2
     """Bradley-Terry noise of every labeler in gold units (the default reward model's labeler)."""
-    learning_rate: float = 3e-4
+    rm_learning_rate: float = 3e-4
     """Peak learning rate of the reward models (the pipeline's)."""
     rm_batch_size: int = 8
     """Rankings per optimiser step."""
@@ -99,7 +99,7 @@ def _samples(config: ReliabilityStudyConfig, work: Path) -> tuple[list[PromptRes
     train, heldout = work / "collection_train.jsonl", work / "collection_heldout.jsonl"
     if not train.is_file():
         prompts = work / "train_prompts.jsonl"
-        write_jsonl_atomic(prompts, [{"prompt": p} for p in feedback_prompts(config.n_prompts, 0)])
+        write_jsonl_atomic(prompts, [{"prompt": p} for p in feedback_prompts(config.rm_prompts, 0)])
         collect(CollectConfig(out=str(train), prompts=str(prompts), num_generations=config.num_generations,
                               progress=config.progress))
     if not heldout.is_file():
@@ -157,7 +157,7 @@ def train_and_measure(rows: list[dict[str, Any]], gold_order: list[Any], work: P
     with quiet_transformers():
         result = train_reward_model(RewardTrainConfig(
             model=str(default_policy_path()), data=str(data), out=str(out), val_fraction=0.0, normalize=False,
-            learning_rate=config.learning_rate, batch_size=config.rm_batch_size, seed=seed, eval_steps=0,
+            learning_rate=config.rm_learning_rate, batch_size=config.rm_batch_size, seed=seed, eval_steps=0,
             save_steps=0, progress=config.progress,
         ))
         accuracy = evaluate_preferences(HFRewardModel(out), gold_order).accuracy
