@@ -94,6 +94,8 @@ def autocast(device: torch.device) -> AbstractContextManager[Any]:
 
 SAMPLING_STREAM = 0x5A4D
 """Mixed into an episode's seed so its sampling stream is independent of the env's prompt draws."""
+GAME_STREAM = 0x6A4D
+"""Mixed into a group's seed so its game (on multi-turn tasks) is independent of the prompt and sampling draws."""
 
 
 def episode_uniforms(seeds: Sequence[int], steps: int) -> np.ndarray:
@@ -116,8 +118,13 @@ def _pick(logp: torch.Tensor, deterministic: bool, uniform: torch.Tensor) -> tor
 
 
 def _reset(env: gym.vector.VectorEnv, seed: int | None, group_size: int,
-           prompts: Sequence[str] | None) -> dict[str, np.ndarray]:
-    """Reset every sub-env; consecutive groups of ``group_size`` share one prompt."""
+           prompts: Sequence[str] | None, generator: torch.Generator | None) -> dict[str, np.ndarray]:
+    """Reset every sub-env; consecutive groups of ``group_size`` share one prompt and one game.
+
+    Sharing the game matters on multi-turn tasks: a group's samples are compared with each other
+    (RLOO's leave-one-out baseline, GRPO's group mean), and the comparison only credits the
+    policy if they faced the same hidden number or opponent; otherwise it mostly measures luck.
+    """
     n = env.num_envs
     if n % group_size:
         raise ValueError(f"group_size={group_size} must divide the env's num_envs={n}.")
@@ -133,8 +140,22 @@ def _reset(env: gym.vector.VectorEnv, seed: int | None, group_size: int,
     for g, prompt in enumerate(prompts):
         group = np.zeros(n, dtype=bool)
         group[g * group_size : (g + 1) * group_size] = True
-        obs, _ = env.reset(seed=seed if g == 0 else None, options={"reset_mask": group, "prompt": prompt})
+        options = {"reset_mask": group, "prompt": prompt}
+        if group_size > 1:
+            options["game_seed"] = _game_seed(seed, g * group_size, generator)
+        obs, _ = env.reset(seed=seed if g == 0 else None, options=options)
     return obs
+
+
+def _game_seed(seed: int | None, first: int, generator: torch.Generator | None) -> int:
+    """The game seed of the group whose first sub-env is ``first``.
+
+    A function of ``seed + first``, so a batch split over processes draws the games one process
+    would; without a seed, drawn from ``generator``.
+    """
+    if seed is None:
+        return int(torch.randint(2**31 - 1, (), generator=generator))
+    return int(np.random.SeedSequence([seed + first, GAME_STREAM]).generate_state(1)[0])
 
 
 def _scatter(live: torch.Tensor, values: torch.Tensor, n: int) -> torch.Tensor:
@@ -164,7 +185,8 @@ def rollout(
         temperature: logits are divided by it; train with 1.0-like values and no top-k/top-p
             so the sampled distribution is the one scored (docs/ppo_details.md #5).
         deterministic: greedy decoding instead of sampling.
-        group_size: consecutive sub-envs share a prompt (k samples per prompt for RLOO, best-of-n).
+        group_size: consecutive sub-envs share a prompt and, on multi-turn tasks, the game
+            (k samples per prompt for RLOO, GRPO, best-of-n).
         prompts: one prompt per group instead of the env's own draws.
         seed: passed to ``env.reset`` (prompt draws); also seeds episode ``i``'s sampling with
             ``seed + i`` (:func:`episode_uniforms`), so a rollout split over processes with
@@ -175,7 +197,7 @@ def rollout(
     if output_hidden and model is None:
         raise ValueError("output_hidden=True needs a model: a uniform random rollout has no hidden states.")
     task: Task = env.unwrapped.task
-    obs = _reset(env, seed, group_size, prompts)
+    obs = _reset(env, seed, group_size, prompts, generator)
     device = next(model.parameters()).device if model is not None else torch.device("cpu")
     n, vocab = env.num_envs, task.vocab_size
     # The most agent steps an episode can take: every turn at the length cap.

@@ -106,9 +106,11 @@ def test_ppo_kl_chess_grades_every_policy_on_held_out_positions(capsys):
     assert list(results) == ["SFT policy, masks off", "random (masked characters)", "SFT policy",
                              "best-of-4, learned critic", "best-of-4, stockfish critic",
                              "PPOKL, learned critic", "PPOKL, stockfish critic"]
-    for label, grades in results.items():
-        assert grades.moves == 4 and 0.0 <= grades.illegal_rate <= 1.0 and 0.0 <= grades.mean_cp_loss <= 2000
-        assert grades.illegal_rate == 0.0 or label.endswith("masks off"), label  # masks on: legal moves only
+    for label, by_set in results.items():
+        assert list(by_set) == ["quiet", "tactical"], label
+        for grades in by_set.values():
+            assert grades.moves == 4 and 0.0 <= grades.illegal_rate <= 1.0 and 0.0 <= grades.mean_cp_loss <= 2000
+            assert grades.illegal_rate == 0.0 or label.endswith("masks off"), label  # masks on: legal moves only
     out = capsys.readouterr().out
-    assert "| PPOKL, stockfish critic | on |" in out
+    assert "| PPOKL, stockfish critic | on |" in out and "tactical: mean cp loss" in out
     assert "pairwise agreement" in out and "critic.json" in out

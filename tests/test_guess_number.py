@@ -151,6 +151,38 @@ def test_seeds_fix_the_secret():
     assert all(1 <= s <= 100 for s in secrets(0))
 
 
+def test_game_seed_gives_envs_the_same_game_whatever_their_rng():
+    def secret(env_seed, options):
+        env = make_guess_number_env(**OPTIONS)
+        env.reset(seed=env_seed, options=options)
+        for _ in range(OPTIONS["max_turns"]):  # a guess outside the range never solves
+            _, _, terminated, _, info = write(env, "0\n")
+        assert terminated
+        return info["secret"]
+
+    shared = [secret(s, {"game_seed": 7}) for s in range(5)]
+    assert len(set(shared)) == 1 and shared[0] == secret(99, {"game_seed": 7, "prompt": "guess"})
+    assert len({secret(s, {}) for s in range(5)}) > 1  # without it, the env's own RNG draws each game
+    with pytest.raises(ValueError, match="game_seed must be a non-negative int"):
+        make_guess_number_env(**OPTIONS).reset(options={"game_seed": -1})
+
+
+def test_rollout_groups_share_their_game():
+    from agents.rollout import make_rollout_env, rollout
+
+    task = guess_number_task(**OPTIONS)
+
+    def secrets(seed, group_size, num_envs=8):
+        batch = rollout(None, make_rollout_env(task, num_envs), seed=seed, group_size=group_size)
+        return [info["secret"] for info in batch.infos]
+
+    groups = np.array(secrets(0, 4)).reshape(2, 4)
+    assert (groups == groups[:, :1]).all() and groups[0, 0] != groups[1, 0]
+    assert len(set(secrets(0, 1))) > 1  # one sample per prompt: each sub-env draws its own game
+    # A batch split over two processes (seeds offset by the sub-envs before them) draws the same games.
+    assert secrets(0, 4, 4) + secrets(4, 4, 4) == groups.ravel().tolist()
+
+
 @pytest.mark.parametrize("low,high", [(1, 100), (0, 1), (10, 1000)])
 def test_bisection_solves_every_secret_within_log2_range_plus_one_turns(low, high):
     secrets = range(low, high + 1) if high - low < 200 else np.random.default_rng(0).integers(low, high + 1, 200)
@@ -226,8 +258,8 @@ def test_native_vector_env_equals_sync_vector_env(mode):
         warnings.simplefilter("error")  # the window holds every turn: no truncation warning
         for step in range(120):
             if mode == AutoresetMode.DISABLED and done.any():
-                assert_same(native.reset(options={"reset_mask": done.copy()}),
-                            sync.reset(options={"reset_mask": done.copy()}), f"reset@{step}")
+                reset = {"reset_mask": done.copy(), "game_seed": step}  # the restarted games all hide one secret
+                assert_same(native.reset(options=dict(reset)), sync.reset(options=dict(reset)), f"reset@{step}")
             actions = rng.choice(digits, n)  # mostly digits, some newlines, some anything
             actions[rng.random(n) < 0.35] = newline
             wild = rng.random(n) < 0.1

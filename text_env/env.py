@@ -7,7 +7,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from text_env.episode import EpisodeBatch, task_spaces
+from text_env.episode import EpisodeBatch, game_rng, task_spaces
 from text_env.task import Task
 
 _ROW = np.zeros(1, dtype=np.intp)
@@ -39,7 +39,10 @@ class TextGenerationEnv(gym.Env):
 
     ## Starting State
     A prompt drawn with the env's RNG (`reset(seed=...)` fixes the sequence), or the one
-    given as `reset(options={"prompt": ...})`.
+    given as `reset(options={"prompt": ...})`. On a multi-turn task the episode's game
+    (the hidden number, the opponent's random choices) draws from the env's RNG too, or from
+    its own `reset(options={"game_seed": int})`: envs given the same prompt and game seed
+    face the same game (a group of samples for RLOO and GRPO).
 
     ## Episode End
     `terminated` on EOS, a stop string or `max_new_tokens`: the response is final, so
@@ -80,7 +83,7 @@ class TextGenerationEnv(gym.Env):
             prompt = options["prompt"]
         else:
             prompt = self.task.sample_prompt(self.np_random)
-        info = self._episode.start(0, prompt, self.np_random)
+        info = self._episode.start(0, prompt, game_rng(options, self.np_random))
         return self._episode.obs(0), info
 
     def render(self) -> str | None:

@@ -31,6 +31,20 @@ def task_spaces(task: Task) -> tuple[spaces.Dict, spaces.Discrete]:
     return observation_space, spaces.Discrete(vocab)
 
 
+def game_rng(options: dict[str, Any] | None, env_rng: np.random.Generator | None) -> np.random.Generator | None:
+    """The RNG an episode's game draws from: ``options["game_seed"]``'s own, else the env's.
+
+    A seed of its own lets several envs face the same game (the same hidden number, the same
+    stream of opponent choices), which is what a group of samples of one prompt compares.
+    """
+    seed = (options or {}).get("game_seed")
+    if seed is None:
+        return env_rng
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"reset(options={{'game_seed': {seed!r}}}): game_seed must be a non-negative int or None.")
+    return np.random.default_rng(int(seed))
+
+
 class EpisodeBatch:
     """``n`` episodes of one task: the observation windows, prompts, responses, action masks, done flags.
 

@@ -15,7 +15,7 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from text_env.episode import EpisodeBatch, task_spaces
+from text_env.episode import EpisodeBatch, game_rng, task_spaces
 from text_env.task import Task
 
 
@@ -70,7 +70,11 @@ class TextGenerationVectorEnv(VectorEnv):
         seed: int | list[int | None] | None = None,
         options: dict[str, Any] | None = None,
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Reset all sub-envs, or those in ``options["reset_mask"]``."""
+        """Reset all sub-envs, or those in ``options["reset_mask"]``.
+
+        ``options["prompt"]`` and ``options["game_seed"]`` apply to every sub-env reset: sub-envs
+        given both face the same prompt and the same game (see ``TextGenerationEnv``).
+        """
         seeds = self._seed_list(seed)
         options = dict(options or {})
         reset_mask = options.pop("reset_mask", None)
@@ -146,4 +150,4 @@ class TextGenerationVectorEnv(VectorEnv):
 
     def _reset_one(self, i: int, options: dict[str, Any]) -> dict[str, Any]:
         prompt = options["prompt"] if "prompt" in options else self.task.sample_prompt(self._rngs[i])
-        return self._episodes.start(i, prompt, self._rngs[i])
+        return self._episodes.start(i, prompt, game_rng(options, self._rngs[i]))
