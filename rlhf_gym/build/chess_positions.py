@@ -43,23 +43,34 @@ META_FILE = "positions_meta.json"
 
 
 @dataclass
-class PositionSetConfig:
-    """How ``rlhf-gym chess-positions`` builds the training and held-out position sets."""
+class PositionSourceConfig:
+    """What every chess position-set builder shares: where the sets go, their sizes, their sources."""
 
     out: str = str(ASSETS)
-    """Folder receiving positions.jsonl, eval_positions.jsonl and positions_meta.json."""
+    """Folder receiving the training and held-out JSONL files and their meta JSON."""
     seed: int = 0
-    """Seeds every random choice (book walks, ECO prefixes, self-play moves, the split)."""
+    """Seeds every random choice: the same seed, book, ECO file and Stockfish version give the same files."""
     n_train: int = 3000
-    """Positions in positions.jsonl."""
+    """Training positions."""
     n_eval: int = 500
-    """Positions in eval_positions.jsonl (disjoint from the training ones)."""
+    """Held-out positions (disjoint from the training ones)."""
     book: str = BOOK_PATH
     """Polyglot opening book (apt-get install gnuchess-book)."""
     eco: str = ECO_PATH
     """PGN file of opening lines (apt-get install pgn-extract)."""
     stockfish_path: str | None = None
-    """Stockfish binary for self-play; default $STOCKFISH_PATH, PATH or /usr/games/stockfish."""
+    """Stockfish binary; default $STOCKFISH_PATH, PATH or /usr/games/stockfish."""
+    progress: bool = True
+    """Show progress bars."""
+
+
+@dataclass
+class PositionSetConfig(PositionSourceConfig):
+    """How ``rlhf-gym chess-positions`` builds the quiet position sets.
+
+    Files: positions.jsonl, eval_positions.jsonl, positions_meta.json.
+    """
+
     book_share: float = 0.4
     """Share of positions from book walks."""
     eco_share: float = 0.2
@@ -74,8 +85,6 @@ class PositionSetConfig:
     """Self-play picks among Stockfish's this many best moves..."""
     selfplay_margin_cp: int = 60
     """...those within this many centipawns of the best, uniformly."""
-    progress: bool = True
-    """Show a progress bar."""
 
     def __post_init__(self) -> None:
         if self.n_train < 1 or self.n_eval < 1:

@@ -35,9 +35,8 @@ import chess.engine
 from rlhf_common.config_cli import config_command
 from rlhf_common.io import portable_config, write_json_atomic, write_jsonl_atomic
 from rlhf_common.training import progress_bar
-from rlhf_gym.build.chess_positions import BOOK_PATH, ECO_PATH, PositionSampler, PositionSetConfig
+from rlhf_gym.build.chess_positions import PositionSampler, PositionSetConfig, PositionSourceConfig
 from text_env.chess import (
-    ASSETS,
     EVAL_POSITIONS,
     EVAL_TACTICAL_POSITIONS,
     TACTICAL_POSITIONS,
@@ -58,23 +57,13 @@ KINDS = ("mate", "blunder", "capture_check", "gap")
 
 
 @dataclass
-class TacticalSetConfig:
-    """How ``rlhf-gym chess-tactics`` builds the tactical training and held-out position sets."""
+class TacticalSetConfig(PositionSourceConfig):
+    """How ``rlhf-gym chess-tactics`` builds the tactical position sets.
 
-    out: str = str(ASSETS)
-    """Folder receiving tactical_positions.jsonl, eval_tactical_positions.jsonl and tactical_meta.json."""
-    seed: int = 0
-    """Seeds the games: training games use "{seed}:train:{i}", held-out games "{seed}:eval:{i}"."""
-    n_train: int = 3000
-    """Positions in tactical_positions.jsonl."""
-    n_eval: int = 500
-    """Positions in eval_tactical_positions.jsonl (from games never used for training)."""
-    book: str = BOOK_PATH
-    """Polyglot opening book the games start from (apt-get install gnuchess-book)."""
-    eco: str = ECO_PATH
-    """PGN file of opening lines the games start from (apt-get install pgn-extract)."""
-    stockfish_path: str | None = None
-    """Stockfish binary; default $STOCKFISH_PATH, PATH or /usr/games/stockfish."""
+    Files: tactical_positions.jsonl, eval_tactical_positions.jsonl, tactical_meta.json. Games start
+    from the book and the ECO lines.
+    """
+
     depth: int = 8
     """Stockfish search depth of the games' moves and of the gap (the critic's label depth)."""
     blunder_rate: float = 0.25
@@ -85,8 +74,6 @@ class TacticalSetConfig:
     """Plies a game lasts at most after its opening."""
     max_per_game: int = 6
     """At most this many positions kept per game (spreads a set over many games)."""
-    progress: bool = True
-    """Show progress bars."""
 
     def __post_init__(self) -> None:
         if self.n_train < 0 or self.n_eval < 0 or self.n_train + self.n_eval < 1:
