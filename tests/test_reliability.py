@@ -26,6 +26,7 @@ from reward_models.labeling.cli import cli
 from reward_models.reliability import estimate_reliability, format_reliability, reliability_weights, weighted_rows
 from reward_models.train import RewardTrainConfig, ranking_loss, train_reward_model
 from rlhf_common.io import DataError
+from rlhf_common.training import claim_run_folder
 
 LABELERS = ("a", "b", "c", "d", "e")
 TOLERANCE = 0.04
@@ -276,3 +277,15 @@ def test_best_mode_labels_are_read_too(tmp_path):
                 store.add_label(item_id, who, [best], "best")
         rel = store.reliability(bootstrap=10).by_labeler()
     assert rel["eve"].flip_rate > 0.5 > 0.2 > rel["ann"].flip_rate and rel["eve"].judgements == 12
+
+
+@pytest.mark.parametrize("study", ["reliability", "bias", "judge"])
+def test_a_study_refuses_to_resume_a_folder_with_other_settings(tmp_path, study):
+    from rlhf_gym.feedback_studies import bias, judge, reliability
+
+    run, config = {"reliability": (reliability.run_study, reliability.ReliabilityStudyConfig),
+                   "bias": (bias.run_bias_study, bias.BiasStudyConfig),
+                   "judge": (judge.run_judge_study, judge.JudgeStudyConfig)}[study]
+    claim_run_folder(tmp_path, config(out=str(tmp_path), rm_learning_rate=1e-4))  # a run started here
+    with pytest.raises(ValueError, match="other settings"):
+        run(config(out=str(tmp_path), rm_learning_rate=2e-4, num_threads=1))

@@ -34,7 +34,7 @@ from reward_models.audit import (
 )
 from rlhf_common.config_cli import config_command
 from rlhf_common.io import atomic_path, write_json_atomic
-from rlhf_common.training import quiet_transformers, read_log, set_torch_threads
+from rlhf_common.training import claim_run_folder, quiet_transformers, read_log, set_torch_threads
 from rlhf_gym.feedback_studies.common import (
     RLStudyConfig,
     feedback_prompts,
@@ -122,8 +122,7 @@ def run_bias_study(config: BiasStudyConfig) -> dict[str, Any]:
 
     started = time.monotonic()
     set_torch_threads(config.num_threads)
-    work = Path(config.out)
-    work.mkdir(parents=True, exist_ok=True)
+    work = claim_run_folder(config.out, config, free=("plot", "num_threads", "progress"))
     policy = default_policy_path()
     with quiet_transformers():
         reference = load_causal_lm(policy).requires_grad_(False)

@@ -39,7 +39,7 @@ from reward_models import (
 from reward_models.ai_labeler import JUDGE_PROMPT, JudgeResult, LMJudge, PairVerdict, ScorerLabeler
 from rlhf_common.config_cli import config_command
 from rlhf_common.io import atomic_path, read_jsonl, write_json_atomic, write_jsonl_atomic
-from rlhf_common.training import quiet_transformers, set_torch_threads
+from rlhf_common.training import claim_run_folder, quiet_transformers, set_torch_threads
 from rlhf_gym.ai_label import load_labeler
 from rlhf_gym.feedback_studies.common import (
     RLStudyConfig,
@@ -230,8 +230,7 @@ def run_judge_study(config: JudgeStudyConfig) -> dict[str, Any]:
 
     started = time.monotonic()
     set_torch_threads(config.num_threads)
-    work = Path(config.out)
-    work.mkdir(parents=True, exist_ok=True)
+    work = claim_run_folder(config.out, config, free=("num_threads", "progress"))
     policy = default_policy_path()
     items, n_train = _items(config, work, policy)
     judge = load_labeler(config.judge, batch_size=config.batch_size)

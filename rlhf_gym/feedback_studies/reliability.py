@@ -40,7 +40,7 @@ from reward_models import (
 from reward_models.reliability import estimate_reliability, row_judgements, weighted_rows
 from rlhf_common.config_cli import config_command
 from rlhf_common.io import write_json_atomic, write_jsonl_atomic
-from rlhf_common.training import quiet_transformers, set_torch_threads
+from rlhf_common.training import claim_run_folder, quiet_transformers, set_torch_threads
 from rlhf_gym.pipeline.leaderboard import mean_se
 
 LABELERS = ("l1", "l2", "l3", "l4", "l5")
@@ -191,8 +191,7 @@ def _seed_runs(config: ReliabilityStudyConfig, items: list[PromptResponses], gol
 def run_study(config: ReliabilityStudyConfig) -> dict[str, Any]:
     """Run (or resume) the study; returns the results (also in ``out/results.json`` and ``out/results.md``)."""
     set_torch_threads(config.num_threads)
-    work = Path(config.out)
-    work.mkdir(parents=True, exist_ok=True)
+    work = claim_run_folder(config.out, config, free=("num_threads", "progress"))
     results_path = work / "results.json"
     saved = json.loads(results_path.read_text()) if results_path.is_file() else {}
     free = ("progress", "num_threads", "num_seeds")  # free to change on resuming: they change no result
